@@ -1,0 +1,343 @@
+"""The :class:`Family` base class: what an architecture family tells lmctl.
+
+A family bundles everything that differs between ways of training a language model: which
+``transformers`` models it claims, how to load or build one, how to turn token blocks into a
+batch (the collator), the training loss, evaluation, what ``generate`` means and how it saves.
+Subclass it in a plugin and register an instance with the ``register_families`` hook.
+
+This module must stay light: torch and transformers are imported inside the methods.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from abc import ABC, abstractmethod
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from lmctl.errors import LmctlError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+@dataclass
+class FamilyOptions:
+    """Objective settings shared by the families (each family reads the ones it needs)."""
+
+    mlm_probability: float = 0.15
+    plm_probability: float = 1 / 6
+    max_span_length: int = 5
+    generator_size: float = 0.25  # ELECTRA generator hidden size as a fraction of the discriminator's
+    discriminator_weight: float = 50.0
+    label_smoothing: float = 0.0
+    generator_config: dict[str, Any] = field(default_factory=dict)  # ELECTRA generator overrides
+
+
+@dataclass
+class LossOutput:
+    """What :meth:`Family.compute_loss` returns.
+
+    ``loss`` is the scalar to back-propagate (mean over ``tokens`` predicted tokens);
+    ``metrics`` holds extra detached scalars to log (e.g. ELECTRA's generator loss), summed
+    over a logging interval as ``value * tokens`` and divided back, so they are token-weighted.
+    """
+
+    loss: torch.Tensor
+    tokens: torch.Tensor | int
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+Collator = Callable[..., dict]
+"""``collate(input_ids: LongTensor[B, T], attention_mask: LongTensor[B, T] | None,
+generator: torch.Generator) -> dict`` of model inputs, labels included."""
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Parse one ``KEY=VALUE`` model-config override; VALUE is read as JSON when it can be."""
+    if "=" not in item:
+        raise UsageError(f"--model-config expects KEY=VALUE, got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        lowered = raw.strip().lower()
+        value = {"true": True, "false": False, "none": None, "null": None}.get(lowered, raw)
+    return key, value
+
+
+ROBERTA_LIKE = frozenset({"roberta", "camembert", "xlm-roberta", "longformer"})
+
+# Attributes holding position-embedding sizes, in the order transformers' configs use them.
+POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_seq_length")
+
+
+def max_positions(config: Any) -> int | None:
+    """The longest sequence a model config accepts, or None when it has no absolute limit."""
+    for key in POSITION_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            # RoBERTa-style models reserve padding_idx + 1 positions.
+            if getattr(config, "model_type", "") in ROBERTA_LIKE:
+                value -= (getattr(config, "pad_token_id", 1) or 1) + 1
+            return value
+    return None
+
+
+def dropout_settings(config: Any, dropout: float) -> dict[str, float]:
+    """Every dropout probability a transformers config exposes (names differ per model), set to ``dropout``."""
+    return {
+        key: dropout
+        for key, value in config.to_dict().items()
+        if isinstance(value, float) and (key.endswith("dropout") or key.endswith("pdrop") or key.endswith("dropout_prob"))
+    }
+
+
+class Family(ABC):
+    """Base class for architecture families.  Subclass it and override what differs.
+
+    Class attributes declare the family; methods do the work.  A family instance is stateless:
+    objective settings arrive as :class:`FamilyOptions`.
+    """
+
+    name: ClassVar[str] = ""
+    """Unique name used by ``--family`` and shown by ``lmctl plugins list``."""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    description: ClassVar[str] = ""
+    model_types: ClassVar[tuple[str, ...]] = ()
+    """``config.json`` ``model_type`` values this family claims (``--model some/dir`` picks it)."""
+    architectures: ClassVar[tuple[str, ...]] = ()
+    """``config.json`` ``architectures`` class names claimed; checked before ``model_types``."""
+    architecture_suffixes: ClassVar[tuple[str, ...]] = ()
+    """Fallback: claim any architecture class whose name ends with one of these."""
+    scratch_architectures: ClassVar[tuple[str, ...]] = ()
+    """``model_type`` names buildable with ``--from-scratch`` (the first is the default)."""
+    auto_class: ClassVar[str] = "AutoModelForCausalLM"
+    """The ``transformers`` Auto class that loads this family's saved model."""
+    generate_kind: ClassVar[str] = "text"
+    """``"text"`` (sample continuations) or ``"fill-mask"`` (predict masked tokens)."""
+    pipeline_tag: ClassVar[str] = "text-generation"
+    requires_even_block_size: ClassVar[bool] = False
+    tokenizer_kind: ClassVar[str] = "bytelevel-bpe"
+    """Default tokenizer trainer for ``--from-scratch`` runs of this family."""
+    metric_names: ClassVar[tuple[str, ...]] = ()
+    """Extra training metrics (beyond loss) that :meth:`compute_loss` reports."""
+
+    # --- tokens ----------------------------------------------------------------------------------
+
+    def special_tokens(self) -> dict[str, str]:
+        """Special tokens a tokenizer trained for this family must have (``{"eos_token": ...}``)."""
+        return {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+
+    def document_separator(self, tokenizer: Any) -> list[int]:
+        """Token ids put before every document in packed data (BOS/EOS or SEP)."""
+        for attr in ("eos_token_id", "sep_token_id", "bos_token_id"):
+            token_id = getattr(tokenizer, attr, None)
+            if token_id is not None:
+                return [int(token_id)]
+        return []
+
+    # --- models ----------------------------------------------------------------------------------
+
+    def auto_model_class(self) -> Any:
+        import transformers
+
+        return getattr(transformers, self.auto_class)
+
+    def load_pretrained(self, name_or_path: str, *, trust_remote_code: bool = False, **kwargs: Any) -> Any:
+        """Load pretrained weights (a local directory, or a hub id when online)."""
+        from lmctl.models import hub_call
+
+        cls = self.auto_model_class()
+        return hub_call(
+            name_or_path,
+            lambda: cls.from_pretrained(
+                name_or_path, trust_remote_code=trust_remote_code, use_safetensors=None, **kwargs
+            ),
+        )
+
+    def build_config(
+        self,
+        architecture: str,
+        *,
+        tokenizer: Any,
+        block_size: int,
+        overrides: dict[str, Any] | None = None,
+        dropout: float | None = None,
+    ) -> Any:
+        """A ``transformers`` config for ``architecture`` from its class defaults plus overrides."""
+        from transformers import AutoConfig
+
+        if architecture not in self.scratch_architectures:
+            choices = ", ".join(self.scratch_architectures)
+            raise UsageError(
+                f"family '{self.name}' cannot build '{architecture}' from scratch; choose one of: {choices}"
+            )
+        defaults = AutoConfig.for_model(architecture)
+        # Collect every setting first and build the config once: transformers 5 configs validate
+        # and derive fields (e.g. XLNet's d_head) at construction time.
+        kwargs: dict[str, Any] = {"vocab_size": padded_vocab_size(len(tokenizer))}
+        for key in POSITION_KEYS:
+            current = getattr(defaults, key, None)
+            if isinstance(current, int) and current > 0:  # XLNet reports -1: no position limit
+                # RoBERTa-style position ids start after padding_idx, so they need pad_id + 1 more.
+                extra = 0
+                if architecture in ROBERTA_LIKE:
+                    extra = (getattr(tokenizer, "pad_token_id", None) or 1) + 1
+                kwargs[key] = block_size + extra
+                break
+        for attr in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id"):
+            value = getattr(tokenizer, attr, None)
+            if value is not None and hasattr(defaults, attr):
+                kwargs[attr] = int(value)
+        if dropout is not None:
+            kwargs.update(dropout_settings(defaults, dropout))
+        for key, value in (overrides or {}).items():
+            if not hasattr(defaults, key):
+                raise UsageError(f"--model-config {key}=...: '{architecture}' configs have no field '{key}'")
+            kwargs[key] = value
+        try:
+            config = AutoConfig.for_model(architecture, **kwargs)
+        except (ValueError, TypeError) as exc:
+            message = " ".join(str(exc).split())
+            raise UsageError(f"invalid model config for '{architecture}': {message}") from None
+        return config
+
+    def model_from_config(self, config: Any) -> Any:
+        cls = self.auto_model_class()
+        return cls.from_config(config, attn_implementation=preferred_attention(config))
+
+    def build_from_scratch(
+        self,
+        architecture: str,
+        *,
+        tokenizer: Any,
+        block_size: int,
+        overrides: dict[str, Any] | None = None,
+        dropout: float | None = None,
+        options: FamilyOptions | None = None,
+    ) -> Any:
+        """A freshly initialised model of ``architecture`` sized for ``tokenizer``."""
+        config = self.build_config(
+            architecture, tokenizer=tokenizer, block_size=block_size, overrides=overrides, dropout=dropout
+        )
+        return self.model_from_config(config)
+
+    def max_positions(self, model: Any) -> int | None:
+        return max_positions(model.config)
+
+    def check_block_size(self, block_size: int, model: Any | None = None) -> None:
+        """Refuse block sizes the model cannot take (one clear line)."""
+        if block_size < 2:
+            raise UsageError(f"--block-size must be at least 2, got {block_size}")
+        if self.requires_even_block_size and block_size % 2:
+            raise UsageError(f"family '{self.name}' needs an even --block-size, got {block_size}")
+        if model is not None:
+            limit = self.max_positions(model)
+            if limit is not None and block_size > limit:
+                raise UsageError(
+                    f"--block-size {block_size} is larger than the model allows ({limit} positions); "
+                    f"use --block-size {limit} or less"
+                )
+
+    # --- batches and loss ------------------------------------------------------------------------
+
+    @abstractmethod
+    def make_collator(self, tokenizer: Any, options: FamilyOptions) -> Collator:
+        """The function that turns token blocks into a model batch (labels included)."""
+
+    @abstractmethod
+    def compute_loss(self, model: Any, batch: dict, options: FamilyOptions) -> LossOutput:
+        """Forward pass and training loss for one batch from :meth:`make_collator`."""
+
+    # --- saving ----------------------------------------------------------------------------------
+
+    def save(self, model: Any, tokenizer: Any, out_dir: str | os.PathLike, *, safe_serialization: bool = True) -> None:
+        """Write a plain Hugging Face model directory (config, safetensors weights, tokenizer)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out, safe_serialization=safe_serialization)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out)
+
+    def load_for_inference(self, path: str, *, trust_remote_code: bool = False) -> Any:
+        """Load a saved model for ``eval``/``generate`` (the main model only)."""
+        return self.load_pretrained(path, trust_remote_code=trust_remote_code)
+
+    # --- reporting -------------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "aliases": list(self.aliases),
+            "description": self.description,
+            "auto_class": self.auto_class,
+            "generate": self.generate_kind,
+            "scratch_architectures": list(self.scratch_architectures),
+        }
+
+
+def padded_vocab_size(n: int, multiple: int = 64) -> int:
+    """Round a vocabulary size up to a multiple of 64 so the output matmul is fast."""
+    return int(math.ceil(n / multiple) * multiple)
+
+
+def preferred_attention(config: Any) -> str:
+    """SDPA where transformers supports it for this model, else eager."""
+    model_type = getattr(config, "model_type", "")
+    # XLNet has its own attention; openai-gpt has no SDPA path.
+    if model_type in {"xlnet", "openai-gpt"}:
+        return "eager"
+    return "sdpa"
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    *,
+    probability: float,
+    mask_token_id: int,
+    vocab_size: int,
+    special_ids: list[int],
+    generator: torch.Generator,
+    attention_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: choose ``probability`` of the tokens; 80% -> [MASK], 10% random, 10% unchanged.
+
+    Returns (masked inputs, labels with -100 where nothing is predicted).  All randomness comes
+    from ``generator`` so a seed fixes the masks (evaluation is repeatable, resume is exact).
+    """
+    import torch
+
+    labels = input_ids.clone()
+    probs = torch.full(input_ids.shape, probability)
+    special = torch.zeros_like(input_ids, dtype=torch.bool)
+    for token_id in special_ids:
+        special |= input_ids == token_id
+    if attention_mask is not None:
+        special |= attention_mask == 0
+    probs.masked_fill_(special, 0.0)
+    chosen = torch.bernoulli(probs, generator=generator).bool()
+    labels[~chosen] = -100
+    masked = input_ids.clone()
+    replace = torch.bernoulli(torch.full(input_ids.shape, 0.8), generator=generator).bool() & chosen
+    masked[replace] = mask_token_id
+    randomize = torch.bernoulli(torch.full(input_ids.shape, 0.5), generator=generator).bool() & chosen & ~replace
+    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator, dtype=input_ids.dtype)
+    masked[randomize] = random_ids[randomize]
+    return masked, labels
+
+
+def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Read ``config.json`` of a model directory, with a clear error when it is not a model."""
+    config_path = Path(path) / "config.json"
+    if not config_path.is_file():
+        raise LmctlError(f"{path} is not a model directory: it has no config.json")
+    try:
+        return json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LmctlError(f"{config_path} is not valid JSON ({exc}); the model directory is damaged") from None
