@@ -51,37 +51,59 @@ app.command("generate", help=generate_cmd.HELP)(generate_cmd.generate_command)
 app.add_typer(plugins_cmd.app, name="plugins")
 
 
+def _command_name(command: typer.models.CommandInfo) -> str:
+    # Typer's own rule for unnamed commands: the function name, lower case, "_" -> "-".
+    return command.name or command.callback.__name__.lower().replace("_", "-")
+
+
+def _group_name(group: typer.models.TyperInfo) -> str:
+    return group.name or getattr(group.typer_instance.info, "name", None) or ""
+
+
 def add_plugin_commands(typer_app: typer.Typer = app) -> None:
-    """Let plugins add subcommands; one that would replace a built-in is dropped with a warning."""
-    from lmctl.plugins import get_registry
+    """Let plugins add subcommands (``register_commands`` hook).
+
+    A command or command group that would replace a built-in (or an earlier plugin's) command is
+    dropped with a one-line warning; a plugin whose hook raises loses all its commands.
+    """
+    from lmctl.plugins import get_registry, hook_impls
 
     registry = get_registry()
+    if getattr(typer_app, "_lmctl_plugin_registry", None) is registry:
+        return  # already done for this registry (main() called twice in one process)
+    typer_app._lmctl_plugin_registry = registry  # type: ignore[attr-defined]
+    registry.commands_attributed = True
     for info in list(registry.plugins.values()):
-        plugin = registry.manager.get_plugin(info.name)
-        hook = getattr(plugin, "register_commands", None)
-        if not callable(hook):
+        impl = hook_impls(registry, info.name).get("register_commands")
+        if impl is None:
             continue
-        before = len(typer_app.registered_commands)
+        existing = (
+            set(BUILTIN_COMMANDS)
+            | {_command_name(c) for c in typer_app.registered_commands}
+            | {_group_name(g) for g in typer_app.registered_groups}
+        )
+        commands_before = len(typer_app.registered_commands)
+        groups_before = len(typer_app.registered_groups)
         try:
-            hook(app=typer_app)
+            impl.function(**{name: typer_app for name in impl.argnames})
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the CLI
-            registry.warn(f"plugin '{info.name}' failed in register_commands(): {type(exc).__name__}: {exc}")
-            del typer_app.registered_commands[before:]
+            registry.warn(f"plugin '{info.name}' failed in register_commands(): {type(exc).__name__}: {exc}", info.name)
+            del typer_app.registered_commands[commands_before:]
+            del typer_app.registered_groups[groups_before:]
             continue
-        added = typer_app.registered_commands[before:]
-        kept = []
-        existing = set(BUILTIN_COMMANDS) | {
-            c.name or c.callback.__name__.replace("_", "-") for c in typer_app.registered_commands[:before]
-        } | {g.name or "" for g in typer_app.registered_groups}
-        for command in added:
-            name = command.name or command.callback.__name__.replace("_", "-")
+        kept_commands, kept_groups, names = [], [], []
+        for entry, name in [(c, _command_name(c)) for c in typer_app.registered_commands[commands_before:]] + [
+            (g, _group_name(g)) for g in typer_app.registered_groups[groups_before:]
+        ]:
             if name in existing:
-                registry.warn(f"plugin '{info.name}' tried to replace the command '{name}'; skipped")
+                registry.warn(f"plugin '{info.name}' tried to replace the command '{name}'; skipped", info.name)
                 continue
             existing.add(name)
-            kept.append(command)
-            info.commands.append(name)
-        typer_app.registered_commands[before:] = kept
+            (kept_groups if isinstance(entry, typer.models.TyperInfo) else kept_commands).append(entry)
+            names.append(name)
+        typer_app.registered_commands[commands_before:] = kept_commands
+        typer_app.registered_groups[groups_before:] = kept_groups
+        info.commands = names
 
 
 def main() -> None:

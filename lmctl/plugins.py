@@ -4,11 +4,15 @@ Built-ins are listed in :data:`DEFAULT_PLUGINS` and registered with the same cal
 plugins (found through the ``lmctl`` entry-point group).  Environment variables:
 
 * ``LMCTL_LOAD_PLUGINS=a,b``: load only these installed plugins (entry-point or distribution
-  names); an empty value loads none.  Built-ins always load.
+  names; ``-``, ``_`` and case do not matter); an empty value loads none.  Built-ins always load.
 * ``LMCTL_DISABLE_PLUGINS=a,b``: never load these installed plugins.
 
 A plugin that fails to import, implements a hook with a wrong signature, or registers a name that
 is taken is skipped with a one-line warning naming it; everything else keeps working.
+
+Hooks are called through pluggy's hook implementations (functions marked with
+:data:`lmctl.hookspecs.hookimpl`), one plugin at a time in registration order (built-ins first),
+so every registration is attributed to its plugin and a plugin that raises is isolated.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +59,7 @@ class PluginInfo:
     data_readers: list[str] = field(default_factory=list)
     callbacks: int = 0
     commands: list[str] = field(default_factory=list)
+    entry_point: str | None = None  # "package.module" or "package.module:object" for installed plugins
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +73,7 @@ class PluginInfo:
             "data_readers": self.data_readers,
             "callbacks": self.callbacks,
             "commands": self.commands,
+            "entry_point": self.entry_point,
         }
 
 
@@ -91,14 +98,26 @@ class Registry:
     data_readers: dict[str, DataReader] = field(default_factory=dict)
     callbacks: list[Any] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    problems_by_plugin: dict[str, list[str]] = field(default_factory=dict)
+    commands_attributed: bool = False  # set once register_commands ran (PluginInfo.commands filled)
 
-    def warn(self, message: str) -> None:
+    def warn(self, message: str, plugin: str | None = None) -> None:
+        """Report a plugin problem in one line on stderr (and remember it for ``plugins check``)."""
+        # One line per problem, whatever the exception text looked like.
+        message = " ".join(str(message).split())
         self.problems.append(message)
+        if plugin is not None:
+            self.problems_by_plugin.setdefault(plugin, []).append(message)
         if not os.environ.get("LMCTL_QUIET_PLUGIN_WARNINGS"):
             sys.stderr.write(f"warning: {message}\n")
 
 
 _REGISTRY: Registry | None = None
+
+
+def normalize_name(name: str) -> str:
+    """Compare plugin and distribution names the way pip does (PEP 503): ``LMCTL_Fim`` == ``lmctl-fim``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _env_list(name: str) -> list[str] | None:
@@ -109,23 +128,60 @@ def _env_list(name: str) -> list[str] | None:
 
 
 def _entry_points() -> list[Any]:
+    """Installed plugins: the entry points of the ``lmctl`` group (tests monkeypatch this)."""
     from importlib.metadata import entry_points
 
     return list(entry_points(group=hookspecs.PROJECT_NAME))
 
 
+def entry_point_distribution(ep: Any) -> tuple[str | None, str | None]:
+    """(distribution name, version) of an entry point, or (None, None) when unknown."""
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return None, None
+    try:
+        return dist.metadata["Name"], dist.version
+    except Exception:  # noqa: BLE001 - damaged METADATA must not break listing
+        return None, None
+
+
 def _check_signatures(plugin: Any, plugin_name: str) -> str | None:
-    """Name the first hook implementation whose arguments do not match its spec, if any."""
+    """Name the first hook implementation whose arguments do not match its spec, if any.
+
+    pluggy would refuse it too; this gives the plugin author a clearer line.  Only functions
+    marked with ``@hookimpl`` count: pluggy ignores the others.
+    """
     for hook_name in HOOK_NAMES:
         impl = getattr(plugin, hook_name, None)
-        if impl is None or not callable(impl):
+        if impl is None or not callable(impl) or not hasattr(impl, f"{hookspecs.PROJECT_NAME}_impl"):
             continue
         spec_args = list(inspect.signature(getattr(hookspecs, hook_name)).parameters)
-        impl_args = list(inspect.signature(impl).parameters)
+        try:
+            params = inspect.signature(impl).parameters.values()
+        except (TypeError, ValueError):
+            return f"hook {hook_name}() has no inspectable signature"
+        impl_args = [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
         extra = [a for a in impl_args if a not in spec_args]
         if extra:
-            return f"hook {hook_name}() takes unknown argument(s) {', '.join(extra)}; the spec has ({', '.join(spec_args)})"
+            return (
+                f"hook {hook_name}() takes unknown argument(s) {', '.join(extra)}; "
+                f"the spec is {hook_name}({', '.join(spec_args)})"
+            )
     return None
+
+
+def hook_impls(registry: Registry, plugin_name: str) -> dict[str, Any]:
+    """The pluggy hook implementations (``HookImpl``) of one plugin, by hook name."""
+    pm = registry.manager
+    plugin = pm.get_plugin(plugin_name)
+    if plugin is None:
+        return {}
+    found: dict[str, Any] = {}
+    for caller in pm.get_hookcallers(plugin) or []:
+        for impl in caller.get_hookimpls():
+            if impl.plugin is plugin:
+                found[caller.name] = impl
+    return {name: found[name] for name in HOOK_NAMES if name in found}
 
 
 def build_registry() -> Registry:
@@ -140,22 +196,23 @@ def build_registry() -> Registry:
         registry.plugins[module_name] = PluginInfo(name=module_name, builtin=True, distribution="lmctl", version=_lmctl_version())
 
     allow = _env_list("LMCTL_LOAD_PLUGINS")
-    block = set(_env_list("LMCTL_DISABLE_PLUGINS") or [])
+    allowed = None if allow is None else {normalize_name(n) for n in allow}
+    blocked = {normalize_name(n) for n in _env_list("LMCTL_DISABLE_PLUGINS") or []}
     for ep in _entry_points():
-        dist = getattr(ep, "dist", None)
-        dist_name = dist.metadata["Name"] if dist is not None else None
-        names = {ep.name, dist_name} - {None}
-        if names & block:
+        dist_name, dist_version = entry_point_distribution(ep)
+        names = {normalize_name(n) for n in (ep.name, dist_name) if n}
+        if names & blocked:
             continue
-        if allow is not None and not names & set(allow):
+        if allowed is not None and not names & allowed:
             continue
+        label = f"plugin '{ep.name}'" + (f" ({dist_name})" if dist_name else "")
         if ep.name in registry.plugins:
-            registry.warn(f"plugin '{ep.name}' ({dist_name}) skipped: a plugin of that name is already loaded")
+            registry.warn(f"{label} skipped: a plugin of that name is already loaded", ep.name)
             continue
         try:
             plugin = ep.load()
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break lmctl
-            registry.warn(f"plugin '{ep.name}' ({dist_name}) failed to load and was skipped: {type(exc).__name__}: {exc}")
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin must not break lmctl
+            registry.warn(f"{label} failed to load and was skipped: {type(exc).__name__}: {exc}", ep.name)
             continue
         problem = _check_signatures(plugin, ep.name)
         if problem is None:
@@ -167,15 +224,14 @@ def build_registry() -> Registry:
                     pm.unregister(plugin)
                 problem = str(exc).splitlines()[0]
         if problem is not None:
-            registry.warn(f"plugin '{ep.name}' ({dist_name}) skipped: {problem}")
+            registry.warn(f"{label} skipped: {problem}", ep.name)
             continue
         registry.plugins[ep.name] = PluginInfo(
-            name=ep.name, builtin=False, distribution=dist_name, version=dist.version if dist is not None else None
+            name=ep.name, builtin=False, distribution=dist_name, version=dist_version, entry_point=ep.value
         )
 
     for info in registry.plugins.values():
-        plugin = pm.get_plugin(info.name)
-        info.hooks = [h for h in HOOK_NAMES if callable(getattr(plugin, h, None))]
+        info.hooks = list(hook_impls(registry, info.name))
     _collect(registry)
     return registry
 
@@ -186,17 +242,25 @@ def _lmctl_version() -> str:
     return __version__
 
 
-def _call_each(registry: Registry, hook_name: str, make_register: Callable[[PluginInfo], Any], kwarg: str) -> None:
-    """Call one hook plugin by plugin so each registration is attributed (and failures isolated)."""
+def call_hook_per_plugin(registry: Registry, hook_name: str, make_argument: Callable[[PluginInfo], Any]) -> list[PluginInfo]:
+    """Call one hook plugin by plugin so each registration is attributed (and failures isolated).
+
+    ``make_argument(info)`` builds the hook's single argument for that plugin.  Returns the
+    plugins whose implementation raised (already reported with a one-line warning).
+    """
+    failed = []
     for info in list(registry.plugins.values()):
-        plugin = registry.manager.get_plugin(info.name)
-        impl = getattr(plugin, hook_name, None)
-        if plugin is None or not callable(impl):
+        impl = hook_impls(registry, info.name).get(hook_name)
+        if impl is None:
             continue
+        # An implementation may accept fewer arguments than the spec (pluggy's rule).
+        kwargs = {name: make_argument(info) for name in impl.argnames}
         try:
-            impl(**{kwarg: make_register(info)})
+            impl.function(**kwargs)
         except Exception as exc:  # noqa: BLE001 - isolate the broken plugin
-            registry.warn(f"plugin '{info.name}' failed in {hook_name}(): {type(exc).__name__}: {exc}")
+            registry.warn(f"plugin '{info.name}' failed in {hook_name}(): {type(exc).__name__}: {exc}", info.name)
+            failed.append(info)
+    return failed
 
 
 def _collect(registry: Registry) -> None:
@@ -207,13 +271,16 @@ def _collect(registry: Registry) -> None:
             if isinstance(family, type):
                 family = family()
             if not isinstance(family, Family) or not family.name:
-                registry.warn(f"plugin '{info.name}' registered {family!r}, which is not a named lmctl Family; skipped")
+                registry.warn(
+                    f"plugin '{info.name}' registered {family!r}, which is not a named lmctl Family; skipped", info.name
+                )
                 return
             taken = [n for n in (family.name, *family.aliases) if n in registry.families or n in registry.family_aliases]
             if taken:
                 owner = registry.family_plugin.get(registry.family_aliases.get(taken[0], taken[0]), "?")
                 registry.warn(
-                    f"plugin '{info.name}' registers family '{taken[0]}', which plugin '{owner}' already provides; skipped"
+                    f"plugin '{info.name}' registers family '{taken[0]}', which plugin '{owner}' already provides; skipped",
+                    info.name,
                 )
                 return
             registry.families[family.name] = family
@@ -227,7 +294,7 @@ def _collect(registry: Registry) -> None:
     def trainer_register(info: PluginInfo) -> Callable[[str, Callable[..., Any]], None]:
         def register(name: str, train_fn: Callable[..., Any]) -> None:
             if name in registry.tokenizer_trainers:
-                registry.warn(f"plugin '{info.name}' registers tokenizer trainer '{name}', which exists; skipped")
+                registry.warn(f"plugin '{info.name}' registers tokenizer trainer '{name}', which exists; skipped", info.name)
                 return
             registry.tokenizer_trainers[name] = train_fn
             info.tokenizer_trainers.append(name)
@@ -237,7 +304,7 @@ def _collect(registry: Registry) -> None:
     def reader_register(info: PluginInfo) -> Callable[[str, tuple[str, ...], Callable[..., Any]], None]:
         def register(name: str, extensions: tuple[str, ...], read_fn: Callable[..., Any]) -> None:
             if name in registry.data_readers:
-                registry.warn(f"plugin '{info.name}' registers data reader '{name}', which exists; skipped")
+                registry.warn(f"plugin '{info.name}' registers data reader '{name}', which exists; skipped", info.name)
                 return
             exts = tuple(e if e.startswith(".") else f".{e}" for e in extensions)
             registry.data_readers[name] = DataReader(name, exts, read_fn, info.name)
@@ -252,10 +319,10 @@ def _collect(registry: Registry) -> None:
 
         return register
 
-    _call_each(registry, "register_families", family_register, "register")
-    _call_each(registry, "register_tokenizer_trainers", trainer_register, "register")
-    _call_each(registry, "register_data_readers", reader_register, "register")
-    _call_each(registry, "register_callbacks", callback_register, "register")
+    call_hook_per_plugin(registry, "register_families", family_register)
+    call_hook_per_plugin(registry, "register_tokenizer_trainers", trainer_register)
+    call_hook_per_plugin(registry, "register_data_readers", reader_register)
+    call_hook_per_plugin(registry, "register_callbacks", callback_register)
 
 
 def get_registry() -> Registry:
@@ -279,9 +346,17 @@ def register_plugin(plugin: Any, name: str | None = None) -> None:
     problem = _check_signatures(plugin, name)
     if problem:
         raise UsageError(f"plugin '{name}': {problem}")
-    registry.manager.register(plugin, name=name)
+    if name in registry.plugins or registry.manager.get_plugin(name) is not None:
+        raise UsageError(f"plugin '{name}' is already registered")
+    try:
+        registry.manager.register(plugin, name=name)
+        registry.manager.check_pending()
+    except Exception as exc:  # noqa: BLE001 - pluggy validation errors, as one line
+        if registry.manager.is_registered(plugin):
+            registry.manager.unregister(plugin)
+        raise UsageError(f"plugin '{name}': {str(exc).splitlines()[0]}") from None
     registry.plugins[name] = PluginInfo(name=name, builtin=False)
-    registry.plugins[name].hooks = [h for h in HOOK_NAMES if callable(getattr(plugin, h, None))]
+    registry.plugins[name].hooks = list(hook_impls(registry, name))
     # Re-collect from scratch so the new plugin's registrations are attributed to it.
     for info in registry.plugins.values():
         info.families, info.tokenizer_trainers, info.data_readers, info.callbacks = [], [], [], 0
@@ -307,10 +382,29 @@ def get_family(name: str) -> Any:
     return registry.families[key]
 
 
+FAMILY_CONFIG_KEY = "lmctl_family"
+"""A family may record its name under this key in ``config.json`` (transformers keeps unknown
+config keys), so ``--model DIR`` finds it even when another family claims the same model_type,
+e.g. a plugin family that trains standard GPT-2 models with its own objective."""
+
+
 def family_for_config(config: dict[str, Any]) -> Any:
-    """Pick the family of a saved model from its config.json (architectures, then model_type)."""
+    """Pick the family of a saved model from its config.json.
+
+    Order: the family recorded under ``lmctl_family`` (when installed), then ``architectures``,
+    then ``model_type``, then architecture-name suffixes.
+    """
     registry = get_registry()
     families = list(registry.families.values())
+    recorded = config.get(FAMILY_CONFIG_KEY)
+    if isinstance(recorded, str) and recorded:
+        key = registry.family_aliases.get(recorded, recorded)
+        if key in registry.families:
+            return registry.families[key]
+        sys.stderr.write(
+            f"warning: the model was trained with the family '{recorded}', which is not installed "
+            "(install the plugin that provides it); guessing the family from its model type\n"
+        )
     archs = config.get("architectures") or []
     for arch in archs:
         for family in families:

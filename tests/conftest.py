@@ -103,3 +103,61 @@ def shared_data(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not available")
     return path
+
+
+def write_prepared(out: Path, tokenizer, family_name: str, train_text: str, validation_text: str | None = None, block_size: int = 32) -> Path:
+    """Write a prepared directory directly (independent of lmctl.prepare): documents are blank-line
+    separated paragraphs, each preceded by the family's separator, as lmctl/prepared.py specifies."""
+    import json
+
+    import numpy as np
+
+    from lmctl.plugins import get_family
+    from lmctl.prepared import FORMAT_NAME, FORMAT_VERSION
+
+    family = get_family(family_name)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(out / "tokenizer")
+    sep = family.document_separator(tokenizer)
+    splits = {}
+    for name, text in (("train", train_text), ("validation", validation_text)):
+        if text is None:
+            continue
+        ids: list[int] = []
+        docs = [d for d in text.split("\n\n") if d.strip()]
+        for doc in docs:
+            ids += sep + tokenizer(doc, add_special_tokens=False)["input_ids"]
+        np.asarray(ids, dtype=np.uint16).tofile(out / f"{name}.bin")
+        splits[name] = {
+            "file": f"{name}.bin",
+            "tokens": len(ids),
+            "documents": len(docs),
+            "bytes": len(text.encode("utf-8")),
+            "words": len(text.split()),
+        }
+    manifest = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "family": family_name,
+        "block_size": block_size,
+        "line_by_line": False,
+        "dtype": "uint16",
+        "vocab_size": len(tokenizer),
+        "tokenizer": {"dir": "tokenizer"},
+        "splits": splits,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.fixture
+def prepared_for(tmp_path, tokenizer_for, corpus):
+    """prepared_for(family) -> a prepared directory (train + validation) built from the corpus."""
+
+    def get(family_name: str, block_size: int = 32) -> Path:
+        cut = int(len(corpus) * 0.9)
+        return write_prepared(
+            tmp_path / f"prepared-{family_name}", tokenizer_for(family_name), family_name, corpus[:cut], corpus[cut:], block_size
+        )
+
+    return get

@@ -125,8 +125,13 @@ class Family(ABC):
     requires_even_block_size: ClassVar[bool] = False
     tokenizer_kind: ClassVar[str] = "bytelevel-bpe"
     """Default tokenizer trainer for ``--from-scratch`` runs of this family."""
+    loss_is_nll: ClassVar[bool] = True
+    """Whether the training loss is a per-token NLL, so exp(loss) is a perplexity worth showing."""
     metric_names: ClassVar[tuple[str, ...]] = ()
     """Extra training metrics (beyond loss) that :meth:`compute_loss` reports."""
+    tiny_config: ClassVar[dict[str, Any]] = {}
+    """Config overrides for a tiny model of the first scratch architecture (2 layers, hidden 32),
+    used by ``lmctl plugins check`` when :mod:`lmctl.presets` has no ``tiny`` preset for it."""
 
     # --- tokens ----------------------------------------------------------------------------------
 
@@ -264,6 +269,12 @@ class Family(ABC):
         model.save_pretrained(out, safe_serialization=safe_serialization)
         if tokenizer is not None:
             tokenizer.save_pretrained(out)
+
+    def load_weights(self, model: Any, path: str | os.PathLike) -> None:
+        """Load the weights of a directory written by :meth:`save` into ``model`` (resume)."""
+        from lmctl.checkpoint import load_model_weights
+
+        load_model_weights(model, Path(path))
 
     def load_for_inference(self, path: str, *, trust_remote_code: bool = False) -> Any:
         """Load a saved model for ``eval``/``generate`` (the main model only)."""

@@ -44,6 +44,7 @@ class ElectraFamily(Family):
     generate_kind = "fill-mask"
     pipeline_tag = "fill-mask"
     tokenizer_kind = "wordpiece"
+    loss_is_nll = False  # generator NLL + 50 x discriminator BCE: exp() of it means nothing
     metric_names = ("generator_loss", "discriminator_loss", "discriminator_accuracy")
 
     def special_tokens(self) -> dict[str, str]:
@@ -100,6 +101,12 @@ class ElectraFamily(Family):
         else:
             generator = ElectraForMaskedLM(generator_config(discriminator.config, kwargs.get("generator_size", 0.25)))
         return self._wrap(generator, discriminator)
+
+    def load_weights(self, model: Any, path: Any) -> None:
+        from lmctl.checkpoint import load_model_weights
+
+        load_model_weights(model.discriminator, Path(path))
+        load_model_weights(model.generator, Path(path) / "generator")
 
     def load_for_inference(self, path: str, *, trust_remote_code: bool = False) -> Any:
         """For fill-mask: the generator (it has the MLM head); eval loads the pair itself."""

@@ -1,0 +1,216 @@
+"""Checkpoints: written atomically, found reliably, loaded without unpickling untrusted data.
+
+``OUT/checkpoints/step-N/`` (N not zero-padded) holds:
+
+* the model as a plain Hugging Face directory (``config.json``, ``model.safetensors``, tokenizer;
+  ELECTRA adds ``generator/``), so any checkpoint is also a loadable model;
+* ``optimizer.safetensors`` + ``optimizer.json``: the optimizer state as tensors and plain JSON
+  (no pickle);
+* ``rng-R.safetensors`` + ``rng-R.json`` per process R: torch, CUDA, collator and Python RNG states;
+* ``trainer_state.json``: step, samples seen, gradient-accumulation phase, best eval, the config
+  fingerprint that resuming checks.  It is written last.
+
+Every checkpoint is written to ``checkpoints/.tmp-step-N-PID`` and renamed into place, so a
+killed process never leaves a half-written ``step-N`` that ``--resume auto`` would pick.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from lmctl.errors import LmctlError, UsageError
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+STATE_FILE = "trainer_state.json"
+
+
+def checkpoints_dir(out: str | Path) -> Path:
+    return Path(out) / "checkpoints"
+
+
+def list_checkpoints(out: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under ``out`` as (step, path), oldest first."""
+    root = checkpoints_dir(out)
+    found = []
+    if root.is_dir():
+        for entry in root.iterdir():
+            match = STEP_DIR.match(entry.name)
+            if match and (entry / STATE_FILE).is_file():
+                found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def find_resume_checkpoint(out: str | Path, resume: str) -> Path:
+    """``--resume auto``: the latest complete checkpoint in ``out``; else the given directory."""
+    if resume == "auto":
+        found = list_checkpoints(out)
+        if not found:
+            raise UsageError(f"--resume auto: no checkpoint in {checkpoints_dir(out)}; start without --resume")
+        return found[-1][1]
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise UsageError(f"--resume {resume}: not a complete lmctl checkpoint (no {STATE_FILE})")
+    return path
+
+
+def clean_temporary(out: str | Path) -> None:
+    """Remove leftovers of checkpoints whose writing was interrupted."""
+    root = checkpoints_dir(out)
+    if root.is_dir():
+        for entry in root.iterdir():
+            if entry.name.startswith(".tmp-"):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def temporary_dir(out: str | Path, step: int) -> Path:
+    root = checkpoints_dir(out)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-step-{step}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def commit(tmp: Path, out: str | Path, step: int) -> Path:
+    """Rename a fully written temporary checkpoint into ``step-N`` (atomic on one filesystem)."""
+    final = checkpoints_dir(out) / f"step-{step}"
+    fsync_tree(tmp)
+    if final.exists():  # a re-save of the same step (e.g. interrupted right after a periodic save)
+        old = final.with_name(f".tmp-old-{step}-{os.getpid()}")
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    return final
+
+
+def fsync_tree(path: Path) -> None:
+    """Flush files to disk before the rename makes them visible (crash safety, not just kill safety)."""
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def prune(out: str | Path, keep_last: int, protect: set[int]) -> None:
+    """Delete all but the newest ``keep_last`` checkpoints, never those in ``protect`` (the best)."""
+    found = list_checkpoints(out)
+    keep = {step for step, _ in found[-keep_last:]} if keep_last > 0 else set()
+    for step, path in found:
+        if step not in keep and step not in protect:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# --- optimizer and RNG state without pickle -------------------------------------------------------
+
+
+def save_optimizer(optimizer: Any, path: Path) -> None:
+    """Optimizer state as safetensors (tensors) + JSON (everything else)."""
+    from safetensors.torch import save_file
+
+    state = optimizer.state_dict()
+    tensors: dict[str, Any] = {}
+    plain_state: dict[str, dict[str, Any]] = {}
+    for param_id, values in state["state"].items():
+        plain_state[str(param_id)] = {}
+        for key, value in values.items():
+            if hasattr(value, "detach"):
+                tensors[f"{param_id}.{key}"] = value.detach().cpu().contiguous()
+                plain_state[str(param_id)][key] = {"tensor": f"{param_id}.{key}"}
+            else:
+                plain_state[str(param_id)][key] = value
+    save_file(tensors, str(path / "optimizer.safetensors"))
+    (path / "optimizer.json").write_text(json.dumps({"state": plain_state, "param_groups": state["param_groups"]}))
+
+
+def load_optimizer(optimizer: Any, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path / "optimizer.safetensors"))
+        meta = json.loads((path / "optimizer.json").read_text())
+    except Exception as exc:  # noqa: BLE001 - any damage reads the same to the user
+        raise LmctlError(f"the optimizer state in {path} is damaged ({type(exc).__name__}); resume from another checkpoint") from None
+    state: dict[int, dict[str, Any]] = {}
+    for param_id, values in meta["state"].items():
+        state[int(param_id)] = {
+            key: tensors[value["tensor"]] if isinstance(value, dict) and "tensor" in value else value
+            for key, value in values.items()
+        }
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (ValueError, KeyError) as exc:
+        raise UsageError(f"the optimizer state in {path} does not fit this model ({exc}); the config changed") from None
+
+
+def save_rng(path: Path, rank: int, collate_generator: Any) -> None:
+    import random
+
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {"torch": torch.get_rng_state(), "collate": collate_generator.get_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    save_file(tensors, str(path / f"rng-{rank}.safetensors"))
+    version, internal, gauss = random.getstate()
+    (path / f"rng-{rank}.json").write_text(json.dumps({"python": [version, list(internal), gauss]}))
+
+
+def load_rng(path: Path, rank: int, collate_generator: Any) -> None:
+    import random
+
+    import torch
+    from safetensors.torch import load_file
+
+    file = path / f"rng-{rank}.safetensors"
+    if not file.is_file():
+        raise UsageError(f"{path} has no RNG state for process {rank}: it was written with fewer processes")
+    tensors = load_file(str(file))
+    torch.set_rng_state(tensors["torch"])
+    collate_generator.set_state(tensors["collate"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+    python = json.loads((path / f"rng-{rank}.json").read_text())["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+
+
+def load_model_weights(model: Any, directory: Path) -> None:
+    """Load ``model.safetensors`` of a saved model into an already built ``model`` (strict, tie-aware)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    file = directory / "model.safetensors"
+    try:
+        state = load_file(str(file))
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise LmctlError(f"{file} is damaged or missing ({str(exc).splitlines()[0]}); resume from another checkpoint") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # save_pretrained drops tied copies (e.g. lm_head.weight = wte.weight): those may be missing.
+    own = model.state_dict()
+    loaded_ptrs = {own[k].data_ptr() for k in state if k in own}
+    really_missing = [k for k in missing if own[k].data_ptr() not in loaded_ptrs]
+    if unexpected or really_missing:
+        raise LmctlError(
+            f"{file} does not match the model (missing {really_missing[:3]}, unexpected {unexpected[:3]}); the config changed"
+        )
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LmctlError(f"{path / STATE_FILE} is damaged ({exc}); resume from another checkpoint") from None

@@ -1,0 +1,165 @@
+"""Terminal output for long jobs: a live rich dashboard on a terminal, plain lines otherwise.
+
+Only the main process ever creates one.  User-provided strings are passed as ``rich.text.Text``
+(never parsed as markup).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 40) -> str:
+    """A one-line chart of the last ``width`` values."""
+    values = [v for v in values if math.isfinite(v)][-width:]
+    if not values:
+        return ""
+    lo, hi = min(values), max(values)
+    span = hi - lo or 1.0
+    return "".join(SPARK[min(len(SPARK) - 1, int((v - lo) / span * (len(SPARK) - 1) + 0.5))] for v in values)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def format_number(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if abs(value) >= 1e5 or (value and abs(value) < 1e-3):
+            return f"{value:.3e}"
+        return f"{value:.{digits}g}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def is_terminal(stream: Any = None) -> bool:
+    stream = stream or sys.stdout
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+class PlainTrainLog:
+    """One line per logging interval: for logs, CI and pipes."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stdout
+
+    def start(self, plan: dict[str, Any]) -> None:
+        self.stream.write("plan: " + ", ".join(f"{k} {format_number(v)}" for k, v in plan.items()) + "\n")
+        self.stream.flush()
+
+    def update(self, event: dict[str, Any]) -> None:
+        keys = ("train/loss", "train/perplexity", "eval/loss", "eval/perplexity", "lr", "grad_norm", "tokens_per_s")
+        parts = [f"step {event['step']}/{event.get('total_steps', '?')}"]
+        parts += [f"{k} {format_number(event[k])}" for k in keys if k in event]
+        parts += [f"{k} {format_number(v)}" for k, v in event.items() if k.startswith("train/") and k not in keys]
+        if "eta_s" in event:
+            parts.append(f"eta {format_duration(event['eta_s'])}")
+        self.stream.write(" | ".join(parts) + "\n")
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        pass
+
+
+class RichTrainDashboard:
+    """Live dashboard: progress, losses, perplexities, learning rate, throughput, ETA, sparkline."""
+
+    def __init__(self, title: str = "lmctl train") -> None:
+        from rich.console import Console
+
+        self.console = Console()
+        self.title = title
+        self.state: dict[str, Any] = {}
+        self.losses: list[float] = []
+        self.live: Any = None
+        self.started = time.perf_counter()
+
+    def start(self, plan: dict[str, Any]) -> None:
+        from rich.live import Live
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(title="plan", show_header=False, box=None)
+        for key, value in plan.items():
+            table.add_row(Text(str(key), style="bold"), Text(format_number(value)))
+        self.console.print(table)
+        self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+        self.live.start()
+
+    def _render(self) -> Any:
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        s = self.state
+        step, total = s.get("step", 0), s.get("total_steps", 0) or 1
+        header = Text.assemble(
+            (f"{self.title}  ", "bold"),
+            f"step {step:,}/{total:,}  epoch {format_number(s.get('epoch'), 3)}  ",
+            f"elapsed {format_duration(time.perf_counter() - self.started)}  eta {format_duration(s.get('eta_s'))}",
+        )
+        bar = ProgressBar(total=total, completed=step, width=60)
+        table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+        for col in ("", "loss", "perplexity"):
+            table.add_column(col, justify="right")
+        table.add_row("train", format_number(s.get("train/loss")), format_number(s.get("train/perplexity")))
+        table.add_row("eval", format_number(s.get("eval/loss")), format_number(s.get("eval/perplexity")))
+        stats = Table(show_header=False, box=None, pad_edge=False)
+        stats.add_row("lr", format_number(s.get("lr")), "grad norm", format_number(s.get("grad_norm")))
+        stats.add_row("tokens/s", format_number(s.get("tokens_per_s"), 5), "best eval", format_number(s.get("best_eval_loss")))
+        extras = [(k, v) for k, v in s.items() if k.startswith("train/") and k not in ("train/loss", "train/perplexity")]
+        for key, value in extras:
+            stats.add_row(key.removeprefix("train/"), format_number(value), "", "")
+        spark = Text(f"loss {sparkline(self.losses)}", style="cyan")
+        return Group(header, bar, table, stats, spark)
+
+    def update(self, event: dict[str, Any]) -> None:
+        self.state.update(event)
+        if "train/loss" in event:
+            self.losses.append(event["train/loss"])
+        if self.live is not None:
+            self.live.update(self._render())
+
+    def message(self, text: str) -> None:
+        from rich.text import Text
+
+        self.console.print(Text(text))
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.update(self._render())
+            self.live.stop()
+            self.live = None
+
+
+class NullTrainLog:
+    """Non-main processes, and library use with ``quiet=True``."""
+
+    def start(self, plan: dict[str, Any]) -> None: ...
+    def update(self, event: dict[str, Any]) -> None: ...
+    def message(self, text: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def make_train_display(main_process: bool, quiet: bool = False) -> Any:
+    if not main_process or quiet:
+        return NullTrainLog()
+    return RichTrainDashboard() if is_terminal() else PlainTrainLog()
