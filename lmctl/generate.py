@@ -91,7 +91,9 @@ class GenerationSettings:
         if any(not s for s in self.stop):
             raise UsageError("--stop needs a non-empty string")
         if self.is_greedy and self.num_return_sequences > 1:
-            raise UsageError("--num-return-sequences above 1 needs sampling: greedy decoding gives one answer; drop --greedy")
+            raise UsageError(
+                "--num-return-sequences above 1 needs sampling: greedy decoding gives one answer; drop --greedy"
+            )
 
     @property
     def is_greedy(self) -> bool:
@@ -135,7 +137,11 @@ class FillMaskResult:
     model: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "prompt": self.prompt, "masks": [[asdict(c) for c in m] for m in self.masks]}
+        return {
+            "model": self.model,
+            "prompt": self.prompt,
+            "masks": [[asdict(c) for c in m] for m in self.masks],
+        }
 
 
 Result = GenerationResult | FillMaskResult
@@ -168,7 +174,9 @@ def read_prompts_file(path: str | Path, *, stream: Any = None) -> list[str]:
             raise LmctlError(f"cannot read prompts file {p}: {exc.strerror or exc}") from None
     text = _decode_utf8(raw, name)
     lines = [line for line in text.splitlines() if line.strip()]
-    is_jsonl = name.endswith((".jsonl", ".json")) or (lines and all(line.lstrip().startswith("{") for line in lines))
+    is_jsonl = name.endswith((".jsonl", ".json")) or (
+        lines and all(line.lstrip().startswith("{") for line in lines)
+    )
     if not is_jsonl:
         return lines
     prompts = []
@@ -178,9 +186,13 @@ def read_prompts_file(path: str | Path, *, stream: Any = None) -> list[str]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise LmctlError(f"{name} line {number} is not valid JSON ({exc.msg}); JSONL prompts need one object per line") from None
+            raise LmctlError(
+                f"{name} line {number} is not valid JSON ({exc.msg}); JSONL prompts need one object per line"
+            ) from None
         if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-            raise LmctlError(f'{name} line {number} has no string "prompt" field; expected {{"prompt": "..."}}')
+            raise LmctlError(
+                f'{name} line {number} has no string "prompt" field; expected {{"prompt": "..."}}'
+            )
         prompts.append(record["prompt"])
     return prompts
 
@@ -244,7 +256,9 @@ def pick_device(device: str = "auto") -> str:
         raise UsageError(f"--device {device!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
-    if parsed.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if parsed.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
         raise UsageError(f"--device {device}: Apple MPS is not available here; use --device cpu")
     return str(parsed)
 
@@ -282,7 +296,9 @@ def load_model(
     quiet_transformers()
     fam = resolve_family(name, family=family, trust_remote_code=trust_remote_code)
     if fam.generate_kind not in ("text", "fill-mask"):
-        raise UsageError(f"family '{fam.name}' does not support generate (its generate kind is {fam.generate_kind!r})")
+        raise UsageError(
+            f"family '{fam.name}' does not support generate (its generate kind is {fam.generate_kind!r})"
+        )
     target = pick_device(device)
     dtype = pick_dtype(precision, target)
     model = fam.load_for_inference(name, trust_remote_code=trust_remote_code)
@@ -290,7 +306,9 @@ def load_model(
     check_tokenizer_matches(tokenizer, model)
     model.to(device=target, dtype=dtype)
     model.eval()
-    return LoadedModel(name=name, family=fam, model=model, tokenizer=tokenizer, kind=fam.generate_kind, device=target)
+    return LoadedModel(
+        name=name, family=fam, model=model, tokenizer=tokenizer, kind=fam.generate_kind, device=target
+    )
 
 
 def context_length(model: Any) -> int | None:
@@ -322,13 +340,17 @@ def generation_kwargs(model: Any, tokenizer: Any, settings: GenerationSettings) 
         return saved if saved is not None else default
 
     context = context_length(model)
-    default_new = DEFAULT_MAX_NEW_TOKENS if context is None else max(1, min(DEFAULT_MAX_NEW_TOKENS, context // 2))
+    default_new = (
+        DEFAULT_MAX_NEW_TOKENS if context is None else max(1, min(DEFAULT_MAX_NEW_TOKENS, context // 2))
+    )
     kwargs: dict[str, Any] = {
         "max_new_tokens": pick("max_new_tokens", settings.max_new_tokens, default_new),
         "num_return_sequences": settings.num_return_sequences,
         "use_cache": True,
     }
-    explicit_sampling = any(v is not None for v in (settings.top_k, settings.top_p)) or bool(settings.temperature)
+    explicit_sampling = any(v is not None for v in (settings.top_k, settings.top_p)) or bool(
+        settings.temperature
+    )
     if settings.is_greedy:
         do_sample = False
     elif explicit_sampling or settings.num_return_sequences > 1:
@@ -372,7 +394,16 @@ def encode_prompt(tokenizer: Any, prompt: str, *, bos_id: int | None = None) -> 
     prompt becomes ``[BOS]`` (unconditional sampling).
     """
     ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-    trailing = {i for i in (tokenizer.eos_token_id, tokenizer.sep_token_id, tokenizer.cls_token_id, tokenizer.pad_token_id) if i is not None}
+    trailing = {
+        i
+        for i in (
+            tokenizer.eos_token_id,
+            tokenizer.sep_token_id,
+            tokenizer.cls_token_id,
+            tokenizer.pad_token_id,
+        )
+        if i is not None
+    }
     while ids and ids[-1] in trailing:
         ids.pop()
     leading = {i for i in (tokenizer.cls_token_id, tokenizer.sep_token_id) if i is not None} - {bos_id}
@@ -420,7 +451,7 @@ def continuation_text(tokenizer: Any, prompt_ids: Sequence[int], new_ids: Sequen
     prefix = tokenizer.decode(context, skip_special_tokens=True)
     full = tokenizer.decode(context + list(new_ids), skip_special_tokens=True)
     if full.startswith(prefix):
-        return full[len(prefix):]
+        return full[len(prefix) :]
     return tokenizer.decode(list(new_ids), skip_special_tokens=True)
 
 
@@ -473,7 +504,14 @@ class TextDeltaStreamer:
     the streamed text is always a prefix of the final ``text``; :meth:`flush` writes the rest.
     """
 
-    def __init__(self, tokenizer: Any, prompt_ids: Sequence[int], eos_ids: set[int], stops: Sequence[str], on_text: Callable[[str], None]):
+    def __init__(
+        self,
+        tokenizer: Any,
+        prompt_ids: Sequence[int],
+        eos_ids: set[int],
+        stops: Sequence[str],
+        on_text: Callable[[str], None],
+    ):
         self.tokenizer = tokenizer
         self.prompt_ids = list(prompt_ids)
         self.eos_ids = eos_ids
@@ -514,13 +552,38 @@ class TextDeltaStreamer:
 
     def _emit(self, text: str) -> None:
         if text.startswith(self.emitted) and len(text) > len(self.emitted):
-            self.on_text(text[len(self.emitted):])
+            self.on_text(text[len(self.emitted) :])
             self.emitted = text
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[tuple[int, Sequence[Any]]]:
     for start in range(0, len(items), size):
         yield start, items[start : start + size]
+
+
+def plan_batches(lengths: Sequence[int], size: int, *, padding: bool) -> list[list[int]]:
+    """Prompt indices per ``model.generate`` call: consecutive chunks, or equal-length groups.
+
+    Without padding (models whose ``generate`` ignores the attention mask), only prompts with the
+    same number of tokens share a batch, so no prompt ever sees padding.
+    """
+    order = list(range(len(lengths)))
+    if padding:
+        return [order[i : i + size] for i in range(0, len(order), size)]
+    groups: dict[int, list[int]] = {}
+    for index in order:
+        groups.setdefault(lengths[index], []).append(index)
+    return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
+
+
+def family_pads_batches(model: Any) -> bool:
+    """Whether the family of ``model`` allows left-padded generation batches (True if unknown)."""
+    from lmctl.plugins import family_for_config
+
+    try:
+        return bool(family_for_config(model.config.to_dict()).generate_with_padding)
+    except LmctlError:
+        return True
 
 
 def generate_text(
@@ -532,14 +595,17 @@ def generate_text(
     model_name: str = "",
     on_text: Callable[[str], None] | None = None,
     on_result: Callable[[GenerationResult], None] | None = None,
+    padding: bool | None = None,
     warn: Warn = _stderr_warning,
 ) -> list[GenerationResult]:
     """Continue each prompt; ``settings.num_return_sequences`` results per prompt, prompt by prompt.
 
     Prompts go through ``model.generate`` ``settings.batch_size`` at a time, left-padded with an
-    attention mask.  With one prompt and one sequence, ``on_text`` receives the text as it is
-    generated.  ``on_result`` is called after each batch with each of its results.  With a seed,
-    the same call gives the same results.
+    attention mask (``padding`` None asks the model's family whether its ``generate`` supports
+    that; when not, only equal-length prompts are batched together).  With one prompt and one
+    sequence, ``on_text`` receives the text as it is generated.  ``on_result`` gets each result,
+    in prompt order, as soon as it and those before it are done.  With a seed, the same call
+    gives the same results.
     """
     import torch
 
@@ -564,45 +630,56 @@ def generate_text(
         )
         for number, prompt in enumerate(prompts, start=1)
     ]
+    if padding is None:
+        padding = family_pads_batches(model)
     if settings.seed is not None:
         torch.manual_seed(settings.seed)  # seeds every device; sampling draws from the global generator
     device = next(model.parameters()).device
     n = settings.num_return_sequences
+    done: dict[int, list[GenerationResult]] = {}
     results: list[GenerationResult] = []
-    for start, batch in _batches(encoded, settings.batch_size):
-        width = max(len(ids) for ids in batch)
+    for batch in plan_batches([len(ids) for ids in encoded], settings.batch_size, padding=padding):
+        width = max(len(encoded[i]) for i in batch)
         input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, ids in enumerate(batch):  # left padding: every prompt ends where generation starts
-            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, width - len(ids):] = 1
+        for row, index in enumerate(batch):  # left padding: every prompt ends where generation starts
+            ids = encoded[index]
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids) :] = 1
         streamer = None
         if on_text is not None and len(encoded) == 1 and n == 1:
-            streamer = TextDeltaStreamer(tokenizer, batch[0], eos_ids, settings.stop, on_text)
+            streamer = TextDeltaStreamer(tokenizer, encoded[0], eos_ids, settings.stop, on_text)
         began = time.perf_counter()
         with torch.inference_mode():
             output = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), streamer=streamer, **kwargs
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                streamer=streamer,
+                **kwargs,
             )
         elapsed = max(time.perf_counter() - began, 1e-9)
         for row, new_ids in enumerate(output[:, width:].tolist()):
-            index = start + row // n
+            index = batch[row // n]  # generate() returns the n samples of a prompt next to each other
             text, tokens, reason = finish_sequence(tokenizer, encoded[index], new_ids, eos_ids, settings.stop)
-            result = GenerationResult(
-                prompt=prompts[index],
-                text=text,
-                tokens=tokens,
-                finish_reason=reason,
-                tokens_per_s=tokens / elapsed,
-                model=model_name,
-                prompt_tokens=len(encoded[index]),
-                index=row % n,
-            )
             if streamer is not None:
                 streamer.flush(text)
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
+            done.setdefault(index, []).append(
+                GenerationResult(
+                    prompt=prompts[index],
+                    text=text,
+                    tokens=tokens,
+                    finish_reason=reason,
+                    tokens_per_s=tokens / elapsed,
+                    model=model_name,
+                    prompt_tokens=len(encoded[index]),
+                    index=row % n,
+                )
+            )
+        while len(results) // n in done:  # hand out results in prompt order
+            for result in done.pop(len(results) // n):
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
     return results
 
 
@@ -636,7 +713,7 @@ def _encode_masked(
     # Keep the special tokens around the text ([CLS] ... [SEP]) and cut the text from the left.
     content = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     head = next((i for i in range(len(full) - len(content) + 1) if full[i : i + len(content)] == content), 0)
-    tail = full[head + len(content):]
+    tail = full[head + len(content) :]
     keep = context - head - len(tail)
     ids = full[:head] + content[-keep:] + tail
     if mask_id not in ids:
@@ -644,7 +721,9 @@ def _encode_masked(
             f"prompt {number} has {len(full)} tokens and the model reads at most {context}: the mask falls in the "
             "part cut from the left; move it nearer the end or shorten the prompt"
         )
-    warn(f"prompt {number} has {len(full)} tokens, but the model reads at most {context}: only its end is used (--no-truncate refuses instead)")
+    warn(
+        f"prompt {number} has {len(full)} tokens, but the model reads at most {context}: only its end is used (--no-truncate refuses instead)"
+    )
     return ids
 
 
@@ -663,7 +742,9 @@ def fill_mask(
     import torch
 
     if tokenizer.mask_token_id is None:
-        raise LmctlError(f"the tokenizer of {model_name or 'this model'} has no mask token, so it cannot fill masks")
+        raise LmctlError(
+            f"the tokenizer of {model_name or 'this model'} has no mask token, so it cannot fill masks"
+        )
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1 for fill-mask, got {top_k}")
     context = context_length(model)
@@ -694,7 +775,10 @@ def fill_mask(
             masks = []
             for m in range(offset, offset + count):
                 masks.append(
-                    [MaskCandidate(token=_token_text(tokenizer, t), score=s, token_id=t) for t, s in zip(ids[m], scores[m])]
+                    [
+                        MaskCandidate(token=_token_text(tokenizer, t), score=s, token_id=t)
+                        for t, s in zip(ids[m], scores[m], strict=True)
+                    ]
                 )
             offset += count
             results.append(FillMaskResult(prompt=prompts[start + row], masks=masks, model=model_name))
@@ -762,6 +846,7 @@ def run_prompts(
             model_name=loaded.name,
             on_text=on_text,
             on_result=on_result,
+            padding=loaded.family.generate_with_padding,
             warn=warn,
         )
     )
@@ -771,7 +856,9 @@ def ignored_settings(settings: GenerationSettings, kind: str) -> list[str]:
     """Flags that were set but mean nothing for ``kind`` (to warn about, not to fail on)."""
     if kind != "fill-mask":
         return []
-    flags = [f"--{name.replace('_', '-')}" for name in TEXT_ONLY_SETTINGS if getattr(settings, name) is not None]
+    flags = [
+        f"--{name.replace('_', '-')}" for name in TEXT_ONLY_SETTINGS if getattr(settings, name) is not None
+    ]
     if settings.greedy:
         flags.append("--greedy")
     if settings.stop:
@@ -798,35 +885,67 @@ def load_models(config: GenerateConfig) -> Iterable[LoadedModel]:
         )
 
 
+@dataclass
+class ModelRun:
+    """What :func:`generate` reports after each model: its results and timings."""
+
+    name: str
+    kind: str
+    results: list[Result]
+    seconds: float
+    load_seconds: float
+
+
 def generate(
     config: GenerateConfig,
     *,
     on_text: Callable[[str], None] | None = None,
     on_result: Callable[[Result], None] | None = None,
+    on_model_done: Callable[[ModelRun], None] | None = None,
     warn: Warn = _stderr_warning,
 ) -> list[Result]:
     """Run every model on the same prompts with the same settings; results model by model.
 
-    Each model starts from the same seed, so a model's results do not depend on the others.
-    Models of different kinds (text and fill-mask) cannot be mixed in one run.
+    Models load one at a time (each freed before the next).  Each model starts from the same
+    seed, so a model's results do not depend on the others.  Models of different kinds (text and
+    fill-mask) cannot be mixed in one run.  ``on_text`` streams the text when there is one model,
+    one prompt and one sequence.
     """
     config.settings.validate()
     if not config.prompts:
-        raise UsageError("no prompt given: pass PROMPT, --prompts-file FILE, or - to read the prompt from stdin")
+        raise UsageError(
+            "no prompt given: pass PROMPT, --prompts-file FILE, or - to read the prompt from stdin"
+        )
+    single = (
+        len(config.models) == 1 and len(config.prompts) == 1 and config.settings.num_return_sequences == 1
+    )
     results: list[Result] = []
     kind = None
-    warned = False
+    began = time.perf_counter()
     for loaded in load_models(config):
-        if kind is not None and loaded.kind != kind:
+        load_seconds = time.perf_counter() - began
+        if kind is None:
+            for flag in ignored_settings(config.settings, loaded.kind):
+                warn(f"{flag} does not apply to fill-mask models; ignored")
+        elif loaded.kind != kind:
             raise UsageError(
                 f"--model {loaded.name} is a {loaded.kind} model but the previous ones are {kind} models; "
                 "compare models of one kind at a time"
             )
         kind = loaded.kind
-        if not warned:
-            for flag in ignored_settings(config.settings, kind):
-                warn(f"{flag} does not apply to fill-mask models; ignored")
-            warned = True
-        results.extend(run_prompts(loaded, config.prompts, config.settings, on_text=on_text, on_result=on_result, warn=warn))
+        started = time.perf_counter()
+        model_results = run_prompts(
+            loaded,
+            config.prompts,
+            config.settings,
+            on_text=on_text if single else None,
+            on_result=on_result,
+            warn=warn,
+        )
+        seconds = time.perf_counter() - started
+        results.extend(model_results)
+        if on_model_done is not None:
+            on_model_done(ModelRun(loaded.name, loaded.kind, model_results, seconds, load_seconds))
         del loaded  # free this model before loading the next
+        began = time.perf_counter()
     return results

@@ -263,6 +263,7 @@ def check_plugins(
     registry = registry or get_registry()
     progress = progress or (lambda message: None)
     ensure_commands_attributed(registry)
+    _quiet_transformers()
     infos, failed = _selected(registry, names, include_builtin)
     result = CheckResult()
     for name in failed:
@@ -305,6 +306,16 @@ def check_plugins(
         if len(result.problems) == before:
             result.passed.append(f"plugin '{info.name}': {summary(info)}")
     return result
+
+
+def _quiet_transformers() -> None:
+    """Load-time progress bars and advice about padding are noise in a check report."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - lmctl depends on transformers
+        return
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def ensure_commands_attributed(registry: Registry) -> None:

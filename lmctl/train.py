@@ -298,7 +298,9 @@ class Trainer:
         report_to = [r for r in config.report_to if r and r != "none"]
         # PartialState knows the device and process layout; the Accelerator itself is created once
         # the model size is known, because "auto" precision depends on it.
-        state = PartialState()
+        # With no accelerator, say so: Accelerate then runs multi-process CPU training over gloo.
+        self.use_cpu = not torch.cuda.is_available() and not torch.backends.mps.is_available()
+        state = PartialState(cpu=self.use_cpu)
         self.data = resolve_data(config, family, tokenizer_source, block_size, state)
         tokenizer = self.data.load_tokenizer()
         self.tokenizer = tokenizer
@@ -328,6 +330,7 @@ class Trainer:
         self.precision = resolve_precision(config.precision, state.device, self.n_params)
         mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[self.precision]
         self.accelerator = Accelerator(
+            cpu=self.use_cpu,
             mixed_precision=mixed, log_with=report_to or None, project_dir=str(self.out) if report_to else None
         )
         acc = self.accelerator
@@ -468,23 +471,9 @@ class Trainer:
                 )
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                step_loss = torch.zeros((), device=acc.device)
-                for micro in range(self.grad_accum):
-                    start = ((step * self.grad_accum + micro) * self.world + self.rank) * self.micro_batch
-                    input_ids, mask = self.train_source.batch(self.order.indices(start, self.micro_batch))
-                    batch = self.collate(input_ids, mask, self.collate_generator)
-                    batch = {k: v.to(acc.device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
-                    sync = contextlib.nullcontext() if micro == self.grad_accum - 1 else acc.no_sync(self.model)
-                    with sync:
-                        out = self.family.compute_loss(self.model, batch, self.options)
-                        acc.backward(out.loss / self.grad_accum)
-                    step_loss += out.loss.detach() / self.grad_accum
-                    for key, value in out.metrics.items():
-                        interval_extra[key] = interval_extra.get(key, 0.0) + value.detach().float() / self.grad_accum
-                if config.grad_clip > 0:
-                    grad_norm = acc.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-                else:
-                    grad_norm = torch.zeros((), device=acc.device)
+                step_loss, grad_norm, step_extra = self._train_step(step)
+                for key, value in step_extra.items():
+                    interval_extra[key] = interval_extra.get(key, 0.0) + value
                 # The one per-step host sync: never let a NaN/inf step reach the weights.
                 if not bool(torch.isfinite(step_loss + grad_norm)):
                     self.optimizer.zero_grad(set_to_none=True)
@@ -572,6 +561,56 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ pieces
+    def _train_step(self, step: int) -> tuple[Any, Any, dict[str, Any]]:
+        """Forward/backward over the step's micro-batches and clip; on out-of-memory, halve the
+        micro-batch and double accumulation (same examples, same effective batch) and retry."""
+        import torch
+
+        while True:
+            try:
+                return self._accumulate(step)
+            except torch.OutOfMemoryError:
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.micro_batch == 1 or self.micro_batch % 2:
+                    raise LmctlError(
+                        f"out of memory at step {step + 1} with a micro-batch of {self.micro_batch}; "
+                        "lower --block-size or use a smaller model"
+                    ) from None
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self.micro_batch //= 2
+                self.grad_accum *= 2
+                self.display.message(
+                    f"out of memory at step {step + 1}: micro-batch halved to {self.micro_batch}, "
+                    f"gradient accumulation doubled to {self.grad_accum} (same effective batch)"
+                )
+                self._log({"step": step, "total_steps": self.total_steps, "oom_micro_batch": self.micro_batch})
+
+    def _accumulate(self, step: int) -> tuple[Any, Any, dict[str, Any]]:
+        import torch
+
+        acc = self.accelerator
+        step_loss = torch.zeros((), device=acc.device)
+        extra: dict[str, Any] = {}
+        for micro in range(self.grad_accum):
+            # Position of this micro-batch in the global example order (see the module docstring).
+            start = ((step * self.grad_accum + micro) * self.world + self.rank) * self.micro_batch
+            input_ids, mask = self.train_source.batch(self.order.indices(start, self.micro_batch))
+            batch = self.collate(input_ids, mask, self.collate_generator)
+            batch = {k: v.to(acc.device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
+            sync = contextlib.nullcontext() if micro == self.grad_accum - 1 else acc.no_sync(self.model)
+            with sync:
+                out = self.family.compute_loss(self.model, batch, self.options)
+                acc.backward(out.loss / self.grad_accum)
+            step_loss += out.loss.detach() / self.grad_accum
+            for key, value in out.metrics.items():
+                extra[key] = extra.get(key, 0.0) + value.detach().float() / self.grad_accum
+        if self.config.grad_clip > 0:
+            grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        else:
+            grad_norm = torch.zeros((), device=acc.device)
+        return step_loss, grad_norm, extra
+
     def _log(self, event: dict[str, Any]) -> None:
         self.metrics.append(event)
         if self.is_main:
@@ -707,6 +746,22 @@ class Trainer:
                 shutil.rmtree(target)
             os.replace(entry, target)
         tmp.rmdir()
+        self._write_curves()
+
+    def _write_curves(self) -> None:
+        """``OUT/curves.png`` when matplotlib is installed (optional: the `plot` extra)."""
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            return
+        from lmctl.runs import write_png
+
+        if self.metrics_file:
+            self.metrics_file.flush()
+        try:
+            write_png([self.out], self.out / "curves.png")
+        except Exception as exc:  # noqa: BLE001 - a plot must never fail a finished training run
+            self.display.message(f"warning: could not draw curves.png ({exc})")
 
     def model_type(self) -> str:
         return getattr(self.accelerator.unwrap_model(self.model).config, "model_type", "?")

@@ -42,17 +42,19 @@ def list_command(
     from rich.text import Text
 
     table = Table(title="lmctl plugins", show_lines=True)
-    table.add_column("plugin", overflow="fold")
-    table.add_column("version", overflow="fold")
-    table.add_column("hooks", overflow="fold")
-    table.add_column("provides", overflow="fold")
+    # Names never fold (they are typed back into commands); the "provides" column wraps.
+    table.add_column("plugin", no_wrap=True)
+    table.add_column("hooks", no_wrap=True)
+    table.add_column("provides", overflow="fold", min_width=16)
     for info in rows:
-        version = info.version or "-"
+        origin = [info.version or "no version"]
         if info.builtin:
-            version += " (built-in)"
+            origin.append("built-in")
         elif info.distribution and normalize_name(info.distribution) != normalize_name(info.name):
-            version = f"{info.distribution} {version}"
-        table.add_row(Text(info.name), Text(version), Text("\n".join(info.hooks)), Text("\n".join(provides_lines(info))))
+            origin.append(f"from {info.distribution}")
+        name = Text(info.name)
+        name.append("\n" + ", ".join(origin), style="dim")
+        table.add_row(name, Text("\n".join(info.hooks)), Text("\n".join(provides_lines(info))))
     Console().print(table)
 
 

@@ -121,6 +121,9 @@ class Family(ABC):
     """The ``transformers`` Auto class that loads this family's saved model."""
     generate_kind: ClassVar[str] = "text"
     """``"text"`` (sample continuations) or ``"fill-mask"`` (predict masked tokens)."""
+    generate_with_padding: ClassVar[bool] = True
+    """Whether ``generate`` may left-pad prompts of different lengths into one batch (the model's
+    ``generate`` honours the attention mask).  When False, only equal-length prompts share a batch."""
     pipeline_tag: ClassVar[str] = "text-generation"
     requires_even_block_size: ClassVar[bool] = False
     tokenizer_kind: ClassVar[str] = "bytelevel-bpe"

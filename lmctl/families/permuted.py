@@ -79,6 +79,9 @@ class PermutedFamily(Family):
     scratch_architectures = ("xlnet",)
     auto_class = "AutoModelForCausalLM"  # transformers maps xlnet -> XLNetLMHeadModel here
     generate_kind = "text"
+    # XLNetLMHeadModel.prepare_inputs_for_generation drops the attention mask, so padded
+    # prompts would attend to the padding: batch only prompts of equal length.
+    generate_with_padding = False
     pipeline_tag = "text-generation"
     requires_even_block_size = True
     tokenizer_kind = "unigram"
