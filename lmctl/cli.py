@@ -11,7 +11,16 @@ import os
 import typer
 
 from lmctl import __version__
-from lmctl.commands import eval_cmd, export_cmd, generate_cmd, plugins_cmd, prepare_cmd, runs_cmd, train_cmd
+from lmctl.commands import (
+    eval_cmd,
+    export_cmd,
+    generate_cmd,
+    plugins_cmd,
+    prepare_cmd,
+    quickstart_cmd,
+    runs_cmd,
+    train_cmd,
+)
 
 app = typer.Typer(
     name="lmctl",
@@ -48,6 +57,7 @@ app.command("prepare", help=prepare_cmd.HELP, no_args_is_help=True)(prepare_cmd.
 app.command("train", help=train_cmd.HELP)(train_cmd.train_command)
 app.command("eval", help=eval_cmd.HELP, no_args_is_help=True)(eval_cmd.eval_command)
 app.command("generate", help=generate_cmd.HELP)(generate_cmd.generate_command)
+app.command("quickstart", help=quickstart_cmd.HELP)(quickstart_cmd.quickstart_command)
 app.command("export", help=export_cmd.HELP, no_args_is_help=True)(export_cmd.export_command)
 app.command("runs", help=runs_cmd.RUNS_HELP)(runs_cmd.runs_command)
 app.command("plot", help=runs_cmd.PLOT_HELP, no_args_is_help=True)(runs_cmd.plot_command)

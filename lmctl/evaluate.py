@@ -54,6 +54,7 @@ from lmctl.families.base import FamilyOptions
 LN2 = math.log(2.0)
 IGNORE = -100
 DEFAULT_BLOCK_SIZE = 512  # raw text on a model without a position limit (XLNet)
+MAX_DEFAULT_BLOCK_SIZE = 1024  # raw text: long-context models are not evaluated at 100k tokens by default
 
 
 # --- settings -------------------------------------------------------------------------------------
@@ -198,15 +199,17 @@ def length_sorted(windows: Iterator[Window], pool: int) -> Iterator[Window]:
     yield from sorted(buffer, key=lambda w: len(w.ids))
 
 
-def stack_windows(windows: list[Window], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad windows into [B, W] ids (pad_id) and labels (-100 on padding)."""
+def stack_windows(windows: list[Window], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Right-pad windows into [B, W] ids (pad_id), labels (-100 on padding) and attention mask."""
     width = max(len(w.ids) for w in windows)
     ids = np.full((len(windows), width), pad_id, dtype=np.int64)
     labels = np.full((len(windows), width), IGNORE, dtype=np.int64)
+    attention = np.zeros((len(windows), width), dtype=np.int64)
     for row, w in enumerate(windows):
         ids[row, : len(w.ids)] = w.ids
         labels[row, : len(w.labels)] = w.labels
-    return ids, labels
+        attention[row, : len(w.ids)] = 1
+    return ids, labels, attention
 
 
 def blocks(split: Any, block_size: int, separator: list[int]) -> Iterator[np.ndarray]:
@@ -365,12 +368,12 @@ def evaluate_causal(family: Any, model: Any, tokenizer: Any, split: Any, setting
         if settings.max_batches is not None and n >= settings.max_batches:
             complete = False
             break
-        ids, labels = stack_windows(batch, pad)
-        # Right padding sits after every real token, so causal attention never sees it: no mask
-        # is needed, which keeps the fast fused attention path.
+        ids, labels, attention = stack_windows(batch, pad)
+        # Right padding sits after every real token, so causal attention never lets a real token
+        # see it; the mask is passed anyway (all ones without padding: the fast path stays on).
+        kwargs = dict(extra, attention_mask=torch.from_numpy(attention).to(device, non_blocking=True))
         scored = labels != IGNORE
         first = int(scored.argmax(axis=1).min())  # earliest position that predicts something new
-        kwargs = dict(extra)
         if keep_kwarg and first > 0:
             kwargs["logits_to_keep"] = ids.shape[1] - first  # skip the LM head on context positions
             labels = labels[:, first:]
@@ -500,6 +503,19 @@ def evaluate_permuted(family: Any, model: Any, tokenizer: Any, split: Any, setti
     return result
 
 
+def xlnet_left_to_right_inputs(input_ids: Any) -> dict:
+    """XLNet inputs under which the output at position i predicts token i from tokens < i only."""
+    import torch
+
+    b, width = input_ids.shape
+    hidden = torch.triu(torch.ones(width, width, device=input_ids.device), diagonal=0)  # j >= i: not visible
+    return {
+        "input_ids": input_ids,
+        "perm_mask": hidden.expand(b, width, width),
+        "target_mapping": torch.eye(width, device=input_ids.device).expand(b, width, width),
+    }
+
+
 def xlnet_left_to_right(family: Any, model: Any, tokenizer: Any, split: Any, settings: EvalSettings) -> dict:
     """Every token predicted from the tokens before it only.
 
@@ -520,14 +536,8 @@ def xlnet_left_to_right(family: Any, model: Any, tokenizer: Any, split: Any, set
         if settings.max_batches is not None and n >= settings.max_batches:
             complete = False
             break
-        ids, labels = stack_windows(batch, pad_id_of(tokenizer))
-        b, width = ids.shape
-        future = torch.triu(torch.ones(width, width, device=device), diagonal=0)
-        inputs = {
-            "input_ids": torch.from_numpy(ids).to(device),
-            "perm_mask": future.expand(b, width, width),
-            "target_mapping": torch.eye(width, device=device).expand(b, width, width),
-        }
+        ids, labels, _ = stack_windows(batch, pad_id_of(tokenizer))
+        inputs = xlnet_left_to_right_inputs(torch.from_numpy(ids).to(device))
         with settings.forward_context():
             logits = model(**inputs, use_mems=False).logits
         total += _sum_nll(logits, torch.from_numpy(labels).to(device)).double()
@@ -704,7 +714,10 @@ def summarize(raw: dict[str, Any], split: Any, seconds: float, separator: list[i
     nbytes, words = info.get("bytes"), info.get("words")
     result["bits_per_byte"] = None
     result["word_perplexity"] = None
-    if text_nll is not None and complete:
+    # Line-by-line examples longer than the block size were truncated by prepare: the tokens
+    # scored are then not the whole text, and per-byte or per-word figures would flatter the model.
+    truncated = split.offsets is not None and bool(info.get("dropped_tokens"))
+    if text_nll is not None and complete and not truncated:
         result["text_nll"] = text_nll
         if nbytes:
             result["bits_per_byte"] = text_nll / LN2 / int(nbytes)
@@ -781,12 +794,14 @@ def check_data_paths(data: list[str]) -> tuple[str | None, list[str]]:
 
 def resolve_block_size(config: EvalConfig, model_limits: list[int | None], data_block: int | None) -> int:
     """``--block-size``, else the data's block size (what the model was trained with), capped at the
-    smallest position limit of the models; raw text: the smallest limit (512 without one)."""
+    smallest position limit of the models; raw text: the smallest limit, at most 1024 (512 when no
+    model has a limit).  One block size for all models, so their numbers compare."""
     if config.block_size is not None:
         return config.block_size
     limits = [limit for limit in model_limits if limit]
-    candidates = ([data_block] if data_block else []) + limits
-    return min(candidates) if candidates else DEFAULT_BLOCK_SIZE
+    if data_block:
+        return min([data_block] + limits)
+    return min(min(limits), MAX_DEFAULT_BLOCK_SIZE) if limits else DEFAULT_BLOCK_SIZE
 
 
 def _model_limit(name: str, trust_remote_code: bool) -> int | None:
@@ -798,25 +813,21 @@ def _model_limit(name: str, trust_remote_code: bool) -> int | None:
     return max_positions(SimpleNamespace(**load_config_dict(name, trust_remote_code=trust_remote_code)))
 
 
-def _prepare_raw(config: EvalConfig, files: list[str], model_name: str, family: Any, block_size: int) -> Any:
-    """Raw text files, tokenized with the model's own tokenizer into the prepare cache."""
-    try:
-        from lmctl.prepare import PrepareConfig, prepare_cached
-    except ImportError:  # pragma: no cover - only while lmctl.prepare is missing
-        raise LmctlError("raw text evaluation needs lmctl.prepare; pass a prepared directory instead") from None
+def _prepare_raw(config: EvalConfig, files: list[str], model_name: str, family: Any, block_size: int, show_progress: bool) -> Any:
+    """Raw text files, tokenized with the model's own tokenizer into the prepare cache (reused by
+    later runs with the same files, tokenizer and options)."""
+    from lmctl.prepare import PrepareConfig, prepare_cached
     from lmctl.prepared import PreparedData
 
     settings: dict[str, Any] = dict(
         train=list(files),
-        validation=[],
-        validation_split=0.0,
         tokenizer=model_name,
         family=family.name,
         block_size=block_size,
         line_by_line=config.line_by_line,
+        document_split=config.document_split,
+        progress="auto" if show_progress else "none",
     )
-    if config.document_split is not None:
-        settings["document_split"] = config.document_split
     return PreparedData(prepare_cached(PrepareConfig(**settings)))
 
 
@@ -871,6 +882,12 @@ def evaluate(config: EvalConfig, *, progress: Callable[[str], Any] | None = None
     device = torch.device(pick_device(config.device))
     data = PreparedData(prepared_path) if prepared_path else None
     families = [resolve_family(m, family=config.family, trust_remote_code=config.trust_remote_code) for m in config.models]
+    if config.pseudo_perplexity:
+        from lmctl.families.masked import MaskedFamily
+
+        for name, family in zip(config.models, families):
+            if not isinstance(family, MaskedFamily):
+                raise UsageError(f"--pseudo-perplexity is for masked models; {name} is a '{family.name}' model")
     limits = [_model_limit(m, config.trust_remote_code) for m in config.models]
     block_size = resolve_block_size(config, limits, data.block_size if data else None)
     if config.block_size is None and any(f.requires_even_block_size for f in families) and block_size % 2:
@@ -886,7 +903,7 @@ def evaluate(config: EvalConfig, *, progress: Callable[[str], Any] | None = None
     for name, family in zip(config.models, families):
         model = _load_model(name, family, config.trust_remote_code)
         family.check_block_size(block_size, model)
-        model_data = data if data is not None else _prepare_raw(config, raw_files, name, family, block_size)
+        model_data = data if data is not None else _prepare_raw(config, raw_files, name, family, block_size, progress is not None)
         tokenizer = _model_tokenizer(name, data, config.trust_remote_code)
         check_tokenizer_matches(tokenizer, model)
         split = model_data.split(split_name or "train")

@@ -386,33 +386,30 @@ def generation_kwargs(model: Any, tokenizer: Any, settings: GenerationSettings) 
     return kwargs
 
 
+def split_added_specials(full: Sequence[int], content: Sequence[int]) -> tuple[list[int], list[int]]:
+    """(tokens the tokenizer added before the text, tokens it added after), given both encodings."""
+    full, content = list(full), list(content)
+    for head in range(len(full) - len(content) + 1):
+        if full[head : head + len(content)] == content:
+            return full[:head], full[head + len(content) :]
+    return [], []  # the text tokenised differently alone: treat nothing as added
+
+
 def encode_prompt(tokenizer: Any, prompt: str, *, bos_id: int | None = None) -> list[int]:
     """Token ids for a continuation prompt.
 
-    Special tokens the tokenizer appends (EOS/SEP, XLNet's trailing ``<sep> <cls>``) are removed:
-    the model must continue the text, not start after its end.  A leading BOS stays.  An empty
+    Of the special tokens the tokenizer adds around a text, only a leading BOS is kept (Llama's
+    ``<s>``); EOS/SEP/CLS (BERT-style or XLNet's trailing ``<sep> <cls>``) would make the model
+    continue after the end of a document.  Special tokens the user typed are kept.  An empty
     prompt becomes ``[BOS]`` (unconditional sampling).
     """
-    ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-    trailing = {
-        i
-        for i in (
-            tokenizer.eos_token_id,
-            tokenizer.sep_token_id,
-            tokenizer.cls_token_id,
-            tokenizer.pad_token_id,
-        )
-        if i is not None
-    }
-    while ids and ids[-1] in trailing:
-        ids.pop()
-    leading = {i for i in (tokenizer.cls_token_id, tokenizer.sep_token_id) if i is not None} - {bos_id}
-    while ids and ids[0] in leading:
-        ids.pop(0)
+    content = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    full = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    head, _tail = split_added_specials(full, content)
+    bos = bos_id if bos_id is not None else tokenizer.bos_token_id
+    ids = [t for t in head if t == bos] + content
     if not ids:
-        start = bos_id if bos_id is not None else tokenizer.bos_token_id
-        if start is None:
-            start = tokenizer.eos_token_id
+        start = bos if bos is not None else tokenizer.eos_token_id
         if start is None:
             raise UsageError("empty prompt: this model has no BOS or EOS token to start from; give some text")
         ids = [int(start)]
@@ -712,10 +709,9 @@ def _encode_masked(
         )
     # Keep the special tokens around the text ([CLS] ... [SEP]) and cut the text from the left.
     content = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    head = next((i for i in range(len(full) - len(content) + 1) if full[i : i + len(content)] == content), 0)
-    tail = full[head + len(content) :]
-    keep = context - head - len(tail)
-    ids = full[:head] + content[-keep:] + tail
+    head, tail = split_added_specials(full, content)
+    keep = context - len(head) - len(tail)
+    ids = head + content[-keep:] + tail
     if mask_id not in ids:
         raise UsageError(
             f"prompt {number} has {len(full)} tokens and the model reads at most {context}: the mask falls in the "
@@ -869,12 +865,29 @@ def ignored_settings(settings: GenerationSettings, kind: str) -> list[str]:
 
 
 def load_models(config: GenerateConfig) -> Iterable[LoadedModel]:
-    """Load each ``--model`` in turn (one at a time, so comparing large models needs one in memory)."""
+    """Load each ``--model`` in turn (one at a time, so comparing large models needs one in memory).
+
+    Every model's family is resolved first (config.json only), so a run that mixes text and
+    fill-mask models, or names a directory that is not a model, fails before any work is done.
+    """
     from lmctl.models import apply_offline
+    from lmctl.plugins import resolve_family
 
     if not config.models:
         raise UsageError("pass --model DIR_OR_NAME (a directory written by lmctl train, or a Hub id)")
     apply_offline(config.offline)
+    kinds: dict[str, str] = {}
+    for name in config.models:
+        kind = resolve_family(
+            name, family=config.family, trust_remote_code=config.trust_remote_code
+        ).generate_kind
+        if kinds and kind not in kinds.values():
+            first, first_kind = next(iter(kinds.items()))
+            raise UsageError(
+                f"--model {name} is a {kind} model but --model {first} is a {first_kind} model; "
+                "compare models of one kind at a time"
+            )
+        kinds[name] = kind
     for name in config.models:
         yield load_model(
             name,

@@ -88,6 +88,11 @@ def register_data_readers(register: Callable[[str, tuple[str, ...], Callable[...
     Call ``register(format_name, extensions, read_fn)``.  ``read_fn(path, *, text_column,
     encoding_errors, document_split)`` yields documents (``str``) from one file.  The format is
     picked from the file extension (e.g. ``(".jsonl",)``) or from ``--format NAME``.
+    ``text_column`` is ``--text-column`` (default ``"text"``), ``encoding_errors`` is ``strict``,
+    ``replace`` or ``ignore``, and ``document_split`` is ``lines``, ``blank-lines``, ``file`` or
+    ``None`` (the reader's natural unit, e.g. one record).  Raise
+    :class:`lmctl.errors.LmctlError` with one line naming the file for bad data.  The built-in
+    readers in :mod:`lmctl.readers` are examples.
 
     :param register: ``register(name: str, extensions: tuple[str, ...], read_fn: Callable) -> None``.
 

@@ -19,6 +19,7 @@ Problems are one line each, naming the plugin.
 from __future__ import annotations
 
 import inspect
+import os
 import subprocess
 import sys
 import tempfile
@@ -72,7 +73,9 @@ def _heavy_imports(entry_point: str) -> list[str]:
         f"importlib.import_module({module!r})\n"
         f"print(','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, errors="replace")
+    # The same import path as this process, which is where the plugin was found.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, errors="replace", env=env)
     if result.returncode != 0:
         return []  # an import failure is reported by the loader already
     return [m for m in result.stdout.strip().split(",") if m]

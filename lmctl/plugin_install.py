@@ -176,6 +176,9 @@ def _fresh_listing() -> tuple[list[dict[str, Any]], list[str]]:
     """``python -m lmctl plugins list --json`` in a new process: (rows, warning lines)."""
     env = dict(os.environ)
     env.pop("LMCTL_QUIET_PLUGIN_WARNINGS", None)
+    # This process's import path (plus whatever .pth files the install added, which the new
+    # process reads): the plugins are looked for where this lmctl looks for them.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     result = subprocess.run(
         [sys.executable, "-m", "lmctl", "plugins", "list", "--json"],
         capture_output=True,

@@ -3,7 +3,7 @@
 Each reader turns one input into documents (``str``); ``lmctl prepare`` picks the reader from the
 file extension or ``--format``:
 
-* ``text`` (``.txt .text .md .raw``): streamed in ~1 MB chunks, UTF-8 (a BOM is skipped, CRLF
+* ``text`` (``.txt .text .md .raw``): streamed in 512 KiB chunks, UTF-8 (a BOM is skipped, CRLF
   becomes LF).  What a document is comes from ``--document-split``: ``blank-lines`` (default:
   paragraphs, i.e. maximal runs of non-blank lines joined with ``\\n``), ``lines`` (every non-blank
   line) or ``file`` (the whole file).  A blank line is one holding only ASCII whitespace.
@@ -33,7 +33,7 @@ from typing import Any
 from lmctl.errors import LmctlError, UsageError
 from lmctl.hookspecs import hookimpl
 
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 19
 """Bytes read from a text file at a time."""
 
 MAX_DOCUMENT_CHARS = 1 << 20
@@ -95,7 +95,7 @@ def iter_text_chunks(
     start: int = 0,
     end: int | None = None,
     encoding_errors: str = "strict",
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int | None = None,
     on_bytes: Callable[[bytes], None] | None = None,
 ) -> Iterator[str]:
     """Decoded text of bytes ``[start, end)`` of a file, in chunks of about ``chunk_bytes``.
@@ -107,6 +107,7 @@ def iter_text_chunks(
     """
     if encoding_errors not in ENCODING_ERRORS:
         raise UsageError(f"--encoding-errors must be one of {', '.join(ENCODING_ERRORS)}, got {encoding_errors!r}")
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
     if end is None:
         end = os.path.getsize(path)
     remaining = end - start
@@ -141,14 +142,16 @@ def _is_blank(text: str) -> bool:
     return not text.strip(BLANK_CHARS + "\n")
 
 
-def split_documents(chunks: Iterable[str], mode: str, *, max_chars: int = MAX_DOCUMENT_CHARS) -> Iterator[DocumentBatch]:
+def split_documents(chunks: Iterable[str], mode: str, *, max_chars: int | None = None) -> Iterator[DocumentBatch]:
     """Cut a stream of text chunks (one file, or one record) into documents.
 
     ``mode`` is ``lines`` (each non-blank line), ``blank-lines`` (each paragraph: a maximal run of
     non-blank lines, joined with ``\\n``) or ``file`` (everything).  Yields
     :data:`DocumentBatch` tuples, one or a few per chunk; whatever may continue into the next chunk
-    is carried over, so chunk boundaries never change the documents (up to ``max_chars``).
+    is carried over, so chunk boundaries never change the documents (up to ``max_chars``,
+    default :data:`MAX_DOCUMENT_CHARS`).
     """
+    max_chars = max_chars or MAX_DOCUMENT_CHARS
     if mode == "lines":
         yield from _split_lines(chunks, max_chars)
     elif mode == "blank-lines":
@@ -175,8 +178,10 @@ def _split_lines(chunks: Iterable[str], max_chars: int) -> Iterator[DocumentBatc
             if docs:
                 yield docs, False
         if len(carry) > max_chars:
-            yield [carry], continues
-            carry, continues = "", True
+            if continues or carry.strip(BLANK_CHARS):  # a blank run of that size starts nothing
+                yield [carry], continues
+                continues = True
+            carry = ""
     if carry and (continues or carry.strip(BLANK_CHARS)):
         yield [carry], continues
 
@@ -185,21 +190,28 @@ def _split_paragraphs(chunks: Iterable[str], max_chars: int) -> Iterator[Documen
     carry, continues, at_start = "", False, True
     for chunk in chunks:
         text = carry + chunk if carry else chunk
-        if at_start:
+        if at_start:  # nothing of a paragraph seen yet: blank lines here separate nothing
             text = _LEADING_BLANK_LINES.sub("", text, count=1)
         parts = _BLANK_RUN.split(text)
         carry = parts.pop()
-        if text:
-            at_start = False
         if parts:
-            # Only the stream's first part can be empty (text starting with a blank run).
-            docs = [p for p in parts if p]
+            rest = parts
+            if continues:
+                if parts[0]:
+                    yield [parts[0]], True
+                rest = parts[1:]
+                continues = False
+            docs = [p for p in rest if not _is_blank(p)]
             if docs:
-                yield docs, continues
-            continues = False
+                yield docs, False
+        at_start = not continues and _is_blank(carry)
         if len(carry) > max_chars:
-            yield [carry], continues
-            carry, continues = "", True
+            # Pass on all but the last line break, so a blank run that starts there is still seen.
+            cut = carry.rfind("\n")
+            piece, carry = (carry[:cut], carry[cut:]) if cut > 0 else (carry, "")
+            if continues or not _is_blank(piece):
+                yield [piece], continues
+                continues, at_start = True, False
     carry = _TRAILING_BLANK.sub("", carry, count=1)
     if carry and (continues or not _is_blank(carry)):
         yield [carry], continues
@@ -259,11 +271,12 @@ def read_text(
 # --- records --------------------------------------------------------------------------------------
 
 
-def _record_documents(text: Any, document_split: str | None, where: Callable[[], str], column: str) -> Iterator[str]:
+def _record_documents(text: Any, document_split: str | None, column: str, path: str, where: str, number: int) -> Iterator[str]:
+    """Documents of one record's text; ``path``, ``where`` ("line"/"record") and ``number`` name it in errors."""
     if text is None:
         return
     if not isinstance(text, str):
-        raise LmctlError(f"{where()}: column '{column}' holds {type(text).__name__}, not text; pass --text-column")
+        raise LmctlError(f"{path} {where} {number}: column '{column}' holds {type(text).__name__}, not text; pass --text-column")
     if document_split in (None, "file"):
         if not _is_blank(text):
             yield text
@@ -300,7 +313,7 @@ def read_jsonl(
                 raise LmctlError(f"{path} line {number}: expected a JSON object with a '{text_column}' field")
             if text_column not in record:
                 raise _missing_column(f"{path} line {number}", text_column, record, "field")
-            yield from _record_documents(record[text_column], document_split, lambda: f"{path} line {number}", text_column)
+            yield from _record_documents(record[text_column], document_split, text_column, path, "line", number)
 
 
 def read_json(
@@ -326,7 +339,7 @@ def read_json(
             raise LmctlError(f"{path} record {number}: expected a JSON object with a '{text_column}' field")
         if text_column not in record:
             raise _missing_column(f"{path} record {number}", text_column, record, "field")
-        yield from _record_documents(record[text_column], document_split, lambda: f"{path} record {number}", text_column)
+        yield from _record_documents(record[text_column], document_split, text_column, path, "record", number)
 
 
 def _iter_arrow_column(batches: Iterable[Any], path: str, column: str, document_split: str | None) -> Iterator[str]:
@@ -334,7 +347,7 @@ def _iter_arrow_column(batches: Iterable[Any], path: str, column: str, document_
     for batch in batches:
         for value in batch.column(column).to_pylist():
             number += 1
-            yield from _record_documents(value, document_split, lambda: f"{path} record {number}", column)
+            yield from _record_documents(value, document_split, column, path, "record", number)
 
 
 def read_csv(
@@ -418,7 +431,7 @@ def load_dataset_split(spec: str, default_split: str = "train") -> Any:
             datasets.logging.set_verbosity_error()
             loaded = datasets.load_dataset(name, config or None)
         except Exception as exc:  # noqa: BLE001 - datasets raises many kinds; all mean "not available"
-            raise LmctlError(
+            raise UsageError(
                 f"input not found: {spec} (no such file or directory, and no dataset of that name in the local "
                 f"datasets cache: {type(exc).__name__})"
             ) from None
@@ -451,7 +464,7 @@ def read_datasets(
     for start in range(0, len(dataset), 1024):
         for value in table[start : start + 1024][text_column].to_pylist():
             number += 1
-            yield from _record_documents(value, document_split, lambda: f"{path} record {number}", text_column)
+            yield from _record_documents(value, document_split, text_column, path, "record", number)
 
 
 READERS: dict[str, tuple[tuple[str, ...], Callable[..., Iterator[str]]]] = {

@@ -17,7 +17,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from tests.conftest import REPO, corpus_text, write_prepared
@@ -563,7 +562,7 @@ def test_plugins_check_passes_a_good_family_and_catches_a_bad_one(plugin_site):
     report = json.loads(result.stdout)
     assert report["ok"] is False and set(report["checked"]) == {"toy", "nan"}
     problems = report["problems"]
-    assert not any("plugin 'toy'" in p for p in problems)
+    assert not any("plugin 'toy'" in p for p in problems), problems
     assert any("family 'nan-lm'" in p and "not a finite scalar" in p for p in problems)
     assert any("register_commands() is not marked with @hookimpl" in p for p in problems)
     assert any("imports torch" in p for p in problems)
@@ -623,6 +622,38 @@ def test_install_runs_the_installer_and_reports_errors_in_one_line(fake_installe
     assert nothing.exit_code == 2 and "at least one package" in nothing.stderr
 
 
+def test_install_reports_what_new_plugins_provide_and_fails_on_a_broken_one(tmp_path, plugin_site, monkeypatch):
+    """The installer 'installs' by writing a dist-info (as pip would); lmctl then lists the new
+    plugins from a fresh process, and exits 1 when one of them cannot load."""
+    import lmctl.plugin_install as plugin_install
+    from lmctl.cli import app
+
+    script = tmp_path / "fake_pip.py"
+    script.write_text(textwrap.dedent(f'''
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        from tests.test_plugins import TOY_FAMILY, write_distribution
+        from pathlib import Path
+        site = Path({str(plugin_site)!r})
+        if "lmctl-toy" in sys.argv:
+            write_distribution(site, "lmctl-toy", "1.2.3", {{"toy": "toy_family"}}, {{"toy_family": TOY_FAMILY}})
+        if "lmctl-broken" in sys.argv:
+            write_distribution(site, "lmctl-broken", "0.1", {{"broken": "lmctl_broken_mod"}}, {{"lmctl_broken_mod": "raise ImportError('no')"}})
+        print("Successfully installed")
+    '''))
+    monkeypatch.setattr(plugin_install, "choose_installer", lambda: plugin_install.Installer("pip", [sys.executable, str(script)]))
+    ok = CliRunner().invoke(app, ["plugins", "install", "lmctl-toy"])
+    assert ok.exit_code == 0, ok.output
+    assert "installed plugin 'toy' (lmctl-toy 1.2.3): families: toy" in ok.stdout
+    again = CliRunner().invoke(app, ["plugins", "install", "lmctl-toy"])  # same version: still reported
+    assert "installed plugin 'toy' (lmctl-toy 1.2.3)" in again.stdout
+    broken = CliRunner().invoke(app, ["plugins", "install", "lmctl-broken"])
+    assert broken.exit_code == 1
+    assert broken.stderr.splitlines() == [
+        "warning: plugin 'broken' (lmctl-broken) failed to load and was skipped: ImportError: no"
+    ]
+
+
 def test_uninstall_maps_plugins_to_distributions_and_refuses_others(fake_installer, plugin_site):
     from lmctl.cli import app
 
@@ -680,3 +711,25 @@ def test_plugins_commands_do_not_import_torch():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+# --- the example plugin distributions ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("plugin_dir", sorted(p.name for p in (REPO / "plugins").iterdir() if (p / "pyproject.toml").is_file()))
+def test_example_plugin_distribution(plugin_dir):
+    """Each distribution in plugins/ is complete (pyproject with an lmctl entry point, README,
+    tests) and its own test suite passes from the checkout."""
+    from tests.test_hooks_documented import load_toml
+
+    root = REPO / "plugins" / plugin_dir
+    project = load_toml((root / "pyproject.toml").read_text())["project"]
+    assert project["name"] == plugin_dir and plugin_dir.startswith("lmctl-")
+    assert project["entry-points"]["lmctl"], "no [project.entry-points.lmctl]"
+    assert (root / "README.md").read_text().strip()
+    assert list((root / "tests").glob("test_*.py"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LMCTL_")}
+    env["PYTHONPATH"] = str(REPO)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x"], cwd=root, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout

@@ -29,6 +29,9 @@ def losses(out):
 
 
 @pytest.mark.parametrize("launcher", ["--num-processes", "accelerate-launch"])
+# accelerate launch has no multi-process CPU mode of its own (it expects mpirun there); its
+# --multi_gpu launcher starts torch's elastic agent, and lmctl's Accelerator(cpu=True) then runs
+# DDP over gloo.  Both launch paths must give the same curve.
 def test_two_processes_match_one_process_with_double_batch(tmp_path, tokenizer_for, launcher):
     prepared = write_prepared(tmp_path / "data", tokenizer_for("causal"), "causal", corpus_text(30_000))
     common = ["--model", "gpt2", "--from-scratch", "--preset", "tiny", "--train", str(prepared), "--max-steps", "12",
@@ -38,7 +41,7 @@ def test_two_processes_match_one_process_with_double_batch(tmp_path, tokenizer_f
         run_cli(["train", *common, "--batch-size", "4", "--num-processes", "2", "--out", str(tmp_path / "two")], tmp_path)
     else:
         completed = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lmctl",
+            [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m", "lmctl",
              "train", *common, "--batch-size", "4", "--out", str(tmp_path / "two")],  # fmt: skip
             cwd=tmp_path, capture_output=True, text=True, timeout=600,
         )

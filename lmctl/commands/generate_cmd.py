@@ -416,7 +416,14 @@ def generate_command(
         interactive(config, json_lines=json_lines, report=report)
         return
     config.prompts = collected
-    run(config, json_lines=json_lines, report=report, seed_shown=chosen_seed if seed is None else None)
+    try:
+        run(config, json_lines=json_lines, report=report, seed_shown=chosen_seed if seed is None else None)
+    except BrokenPipeError:
+        # The reader went away (`lmctl generate ... | head`): stop quietly, as other filters do.
+        # stdout is pointed at devnull so Python's exit-time flush does not fail a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(1) from None
 
 
 def _stderr_line(line: str) -> None:
@@ -431,6 +438,7 @@ def run(
     report: Callable[[str], None],
     stream: Any = None,
     seed_shown: int | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> None:
     """Generate for every model and write the results (one prompt streams as it is generated)."""
     from lmctl.generate import generate
@@ -453,7 +461,7 @@ def run(
         on_text=None if json_lines else output.on_text,
         on_result=output.on_result,
         on_model_done=done,
-        warn=lambda message: report(f"warning: {message}"),
+        warn=lambda message: (warn or _stderr_line)(f"warning: {message}"),
     )
     output.finish()
 
@@ -465,6 +473,7 @@ def interactive(
     report: Callable[[str], None],
     read_line: Callable[[str], str] | None = None,
     stream: Any = None,
+    warn: Callable[[str], None] | None = None,
 ) -> int:
     """The prompt loop: every model is loaded once; each line is a prompt; Ctrl-D (EOF) leaves.
 
@@ -473,6 +482,7 @@ def interactive(
     """
     from lmctl.generate import ignored_settings, load_models, run_prompts
 
+    tell = warn or _stderr_line  # warnings and errors: shown even with --quiet
     history = _enable_history() if read_line is None else None
     read = read_line or input
     loaded_models: list[LoadedModel] = list(load_models(config))
@@ -483,7 +493,7 @@ def interactive(
         )
     kind = kinds.pop()
     for flag in ignored_settings(config.settings, kind):
-        report(f"warning: {flag} does not apply to fill-mask models; ignored")
+        tell(f"warning: {flag} does not apply to fill-mask models; ignored")
     hint = "end a prompt with Enter; Ctrl-D leaves" + (
         "; write [MASK] where a token should be predicted" if kind == "fill-mask" else ""
     )
@@ -513,16 +523,17 @@ def interactive(
                         config.settings,
                         on_text=output.on_text if streaming else None,
                         on_result=output.on_result,
+                        warn=lambda message: tell(f"warning: {message}"),
                     )
             except KeyboardInterrupt:
                 output.write("\n")
-                report("interrupted; next prompt")
+                tell("interrupted; next prompt")
                 continue
             except Exception as exc:  # noqa: BLE001 - one bad prompt (no mask, too long) must not end the session
                 from lmctl.errors import describe_exception
 
                 message, _ = describe_exception(exc)
-                report(f"error: {message}")
+                tell(f"error: {message}")
                 continue
             output.finish()
             answered += 1

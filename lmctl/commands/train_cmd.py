@@ -6,6 +6,7 @@ flag the user actually gave; the real defaults live in TrainConfig (shown in eac
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -99,6 +100,8 @@ def train_command(
     from lmctl.train import train as run_training
 
     result = run_training(config, quiet=quiet)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under a multi-process launch only the main process reports
     if result.interrupted in ("SIGINT", "SIGTERM"):
         typer.echo(
             f"interrupted at step {result.steps}; checkpoint saved in {Path(config.out) / 'checkpoints'}; "

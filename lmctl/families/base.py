@@ -24,6 +24,9 @@ from lmctl.errors import LmctlError, UsageError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from lmctl.evaluate import EvalSettings
+    from lmctl.prepared import PreparedSplit
+
 
 @dataclass
 class FamilyOptions:
@@ -263,12 +266,36 @@ class Family(ABC):
     def compute_loss(self, model: Any, batch: dict, options: FamilyOptions) -> LossOutput:
         """Forward pass and training loss for one batch from :meth:`make_collator`."""
 
+    # --- evaluation ------------------------------------------------------------------------------
+
+    def evaluate(self, model: Any, tokenizer: Any, split: PreparedSplit, settings: EvalSettings) -> dict[str, Any]:
+        """Score ``model`` on a prepared split for ``lmctl eval`` and training evaluations.
+
+        Called by :func:`lmctl.evaluate.evaluate_model` under ``torch.no_grad()`` with the model in
+        eval mode.  Return at least ``loss`` (mean NLL per predicted token, in nats, summed over all
+        batches and divided once) and ``tokens`` (predicted tokens counted); optionally
+        ``text_nll`` (total NLL when every token of the text is scored exactly once: gives bits per
+        byte and word perplexity), ``complete`` (False when ``settings.max_batches`` stopped early)
+        and other float metrics.  Take every random choice from ``settings.seed`` so the same
+        command gives the same number.  The default averages :meth:`compute_loss` over blocks,
+        token-weighted, with the collator seeded per block.
+        """
+        from lmctl.evaluate import evaluate_with_loss
+
+        return evaluate_with_loss(self, model, tokenizer, split, settings)
+
     # --- saving ----------------------------------------------------------------------------------
 
     def save(self, model: Any, tokenizer: Any, out_dir: str | os.PathLike, *, safe_serialization: bool = True) -> None:
-        """Write a plain Hugging Face model directory (config, safetensors weights, tokenizer)."""
+        """Write a plain Hugging Face model directory (config, safetensors weights, tokenizer).
+
+        config.json records ``lmctl_family`` (transformers keeps unknown keys), so ``--model DIR``
+        finds this family again even when several families share an architecture (plugins).
+        """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        if getattr(model, "config", None) is not None:
+            model.config.lmctl_family = self.name
         model.save_pretrained(out, safe_serialization=safe_serialization)
         if tokenizer is not None:
             tokenizer.save_pretrained(out)

@@ -47,6 +47,14 @@ class CausalFamily(Family):
     def special_tokens(self) -> dict[str, str]:
         return {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
 
+    def build_config(self, architecture: str, **kwargs: Any) -> Any:
+        overrides = dict(kwargs.pop("overrides", None) or {})
+        if architecture == "gpt2":
+            # GPT-2's "gelu_new" is the tanh GELU written as five elementwise ops; PyTorch's fused
+            # kernel computes the same function in one (about 15% of a small model's step on CPU).
+            overrides.setdefault("activation_function", "gelu_pytorch_tanh")
+        return super().build_config(architecture, overrides=overrides, **kwargs)
+
     def make_collator(self, tokenizer: Any, options: FamilyOptions) -> Any:
         def collate(input_ids: Any, attention_mask: Any = None, generator: Any = None) -> dict:
             labels = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, -100)
@@ -62,6 +70,12 @@ class CausalFamily(Family):
         logits = model(**inputs, use_cache=False).logits
         loss, tokens = shifted_cross_entropy(logits, batch["labels"], options.label_smoothing)
         return LossOutput(loss=loss, tokens=tokens)
+
+    def evaluate(self, model: Any, tokenizer: Any, split: Any, settings: Any) -> dict:
+        """Next-token NLL of every token once, with sliding windows (see :mod:`lmctl.evaluate`)."""
+        from lmctl.evaluate import evaluate_causal
+
+        return evaluate_causal(self, model, tokenizer, split, settings)
 
     def save(self, model: Any, tokenizer: Any, out_dir: Any, *, safe_serialization: bool = True) -> None:
         super().save(model, tokenizer, out_dir, safe_serialization=safe_serialization)

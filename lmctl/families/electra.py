@@ -142,6 +142,12 @@ class ElectraFamily(Family):
         metrics = {k: out[k] for k in self.metric_names}
         return LossOutput(loss=out["loss"], tokens=out["tokens"], metrics=metrics)
 
+    def evaluate(self, model: Any, tokenizer: Any, split: Any, settings: Any) -> dict:
+        """Generator perplexity and discriminator accuracy/precision/recall/F1/AUC (see :mod:`lmctl.evaluate`)."""
+        from lmctl.evaluate import evaluate_electra
+
+        return evaluate_electra(self, model, tokenizer, split, settings)
+
     def save(self, model: Any, tokenizer: Any, out_dir: Any, *, safe_serialization: bool = True) -> None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

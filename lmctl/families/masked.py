@@ -89,6 +89,12 @@ class MaskedFamily(Family):
         loss, tokens = masked_cross_entropy(logits, batch["labels"], options.label_smoothing)
         return LossOutput(loss=loss, tokens=tokens)
 
+    def evaluate(self, model: Any, tokenizer: Any, split: Any, settings: Any) -> dict:
+        """Seeded masked-token loss, or pseudo-perplexity (see :mod:`lmctl.evaluate`)."""
+        from lmctl.evaluate import evaluate_masked
+
+        return evaluate_masked(self, model, tokenizer, split, settings)
+
 
 @hookimpl
 def register_families(register: Any) -> None:

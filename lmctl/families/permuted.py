@@ -131,6 +131,12 @@ class PermutedFamily(Family):
         loss, tokens = masked_cross_entropy(logits, batch["labels"], options.label_smoothing)
         return LossOutput(loss=loss, tokens=tokens)
 
+    def evaluate(self, model: Any, tokenizer: Any, split: Any, settings: Any) -> dict:
+        """Seeded PLM loss plus a left-to-right score (see :mod:`lmctl.evaluate`)."""
+        from lmctl.evaluate import evaluate_permuted
+
+        return evaluate_permuted(self, model, tokenizer, split, settings)
+
 
 @hookimpl
 def register_families(register: Any) -> None:

@@ -6,7 +6,6 @@ import random
 from importlib.metadata import entry_points
 
 import pytest
-
 from lmctl_byte.plugin import byte_to_unicode, byte_vocabulary, train_byte
 
 CAUSAL_SPECIALS = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
@@ -67,32 +66,33 @@ def test_wrapped_for_transformers_and_saved(tmp_path):
     assert reloaded.eos_token == "<|endoftext|>"
 
 
-def test_registered_through_the_hook():
+@pytest.fixture
+def registered(monkeypatch):
+    """The plugin registered by hand, as if installed (an installed copy is kept out of the way)."""
     import lmctl_byte.plugin as plugin
-    from lmctl.plugins import get_registry, register_plugin, reset_registry
 
-    reset_registry()
-    try:
-        register_plugin(plugin, "byte")
-        registry = get_registry()
-        assert registry.tokenizer_trainers["byte"] is train_byte
-        assert registry.plugins["byte"].tokenizer_trainers == ["byte"]
-    finally:
-        reset_registry()
-
-
-def test_plugins_check_passes():
-    import lmctl_byte.plugin as plugin
-    from lmctl.plugin_check import check_plugins
     from lmctl.plugins import register_plugin, reset_registry
 
+    monkeypatch.setenv("LMCTL_LOAD_PLUGINS", "")  # installed plugins: none
     reset_registry()
-    try:
-        register_plugin(plugin, "byte")
-        result = check_plugins(["byte"])
-        assert result.ok, result.problems
-    finally:
-        reset_registry()
+    register_plugin(plugin, "byte")
+    yield plugin
+    reset_registry()
+
+
+def test_registered_through_the_hook(registered):
+    from lmctl.plugins import get_registry
+
+    registry = get_registry()
+    assert registry.tokenizer_trainers["byte"] is train_byte
+    assert registry.plugins["byte"].tokenizer_trainers == ["byte"]
+
+
+def test_plugins_check_passes(registered):
+    from lmctl.plugin_check import check_plugins
+
+    result = check_plugins(["byte"])
+    assert result.ok, result.problems
 
 
 def test_entry_point_when_installed():

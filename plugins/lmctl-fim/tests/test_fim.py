@@ -7,7 +7,6 @@ import random
 from importlib.metadata import entry_points
 
 import pytest
-
 from lmctl_fim.family import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FimFamily, fim_document, fim_prompt, fim_row
 
 PRE, SUF, MID, SEP = 1, 2, 3, 0
@@ -51,7 +50,7 @@ def test_fim_row_rate_zero_is_identity_and_rate_one_transforms_every_document():
     original = split_docs(row)
     transformed = split_docs(out)
     assert len(transformed) == len(original)
-    for before, after in zip(original, transformed):
+    for before, after in zip(original, transformed, strict=True):
         if len(before) >= 2:
             assert undo_psm(after) == before
         else:  # a one-token document has no middle to cut
@@ -133,10 +132,13 @@ def test_fim_prompt_layout():
 
 
 @pytest.fixture
-def registered():
+def registered(monkeypatch):
+    """The plugin registered by hand, as if installed (an installed copy is kept out of the way)."""
     import lmctl_fim.plugin as plugin
+
     from lmctl.plugins import register_plugin, reset_registry
 
+    monkeypatch.setenv("LMCTL_LOAD_PLUGINS", "")  # installed plugins: none
     reset_registry()
     register_plugin(plugin, "fim")
     yield plugin

@@ -24,7 +24,7 @@ def byte_to_unicode() -> dict[int, str]:
             printable.append(b)
             chars.append(256 + extra)
             extra += 1
-    return dict(zip(printable, map(chr, chars)))
+    return dict(zip(printable, map(chr, chars), strict=True))
 
 
 def byte_vocabulary(special_tokens: dict[str, str]) -> dict[str, int]:

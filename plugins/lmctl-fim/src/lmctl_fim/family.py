@@ -13,8 +13,9 @@ the block is cut back to its length; the EOS that follows a middle teaches the m
 middle ends.
 
 The model is a plain ``AutoModelForCausalLM`` (gpt2, llama, ...): loading, evaluation (left-to-right
-perplexity) and ``lmctl generate`` are the causal family's.  ``save`` records ``lmctl_family: fim``
-in config.json so ``--model DIR`` finds this family again.
+perplexity) and ``lmctl generate`` are the causal family's.  ``Family.save`` records
+``lmctl_family: fim`` in config.json, so ``--model DIR`` finds this family again although plain
+GPT-2 directories belong to ``causal``.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ class FimFamily(CausalFamily):
             lengths = [width] * len(rows) if attention_mask is None else attention_mask.sum(dim=1).tolist()
             out_ids = input_ids.clone()
             out_mask = None if attention_mask is None else torch.zeros_like(attention_mask)
-            for r, (row, length) in enumerate(zip(rows, lengths)):
+            for r, (row, length) in enumerate(zip(rows, lengths, strict=True)):
                 new = fim_row(
                     row[: int(length)],
                     rng,
@@ -158,10 +159,3 @@ class FimFamily(CausalFamily):
             return batch
 
         return collate
-
-    def save(self, model: Any, tokenizer: Any, out_dir: Any, *, safe_serialization: bool = True) -> None:
-        from lmctl.plugins import FAMILY_CONFIG_KEY
-
-        # transformers keeps unknown config keys: config.json then says which family trained it.
-        setattr(model.config, FAMILY_CONFIG_KEY, self.name)
-        super().save(model, tokenizer, out_dir, safe_serialization=safe_serialization)

@@ -23,7 +23,6 @@ def infill_command(
 ) -> None:
     """Generate the missing middle between --prefix and --suffix (the model stops at end of text)."""
     from lmctl.generate import GenerationSettings, generate_text, load_model
-
     from lmctl_fim.family import FimFamily, fim_prompt
 
     loaded = load_model(model)
