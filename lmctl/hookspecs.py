@@ -127,9 +127,11 @@ def register_callbacks(register: Callable[[Any], None]) -> None:
 def register_commands(app: typer.Typer) -> None:
     """Add subcommands to the ``lmctl`` command line.
 
-    Use ``@app.command()`` as with any Typer app.  A plugin command may not replace a built-in
-    command (``prepare``, ``train``, ...): such a command is skipped with a warning.  Keep the
-    command module light: import heavy libraries inside the command function.
+    Use ``@app.command()`` (or ``app.add_typer(group, name=...)``) as with any Typer app.  A
+    command that would replace a built-in command (``prepare``, ``train``, ...) or one an earlier
+    plugin added is skipped with a one-line warning.  Keep the command module light: import heavy
+    libraries inside the command function, and decorate it with
+    :func:`lmctl.errors.friendly_errors` so errors show as one line.
 
     :param app: the root :class:`typer.Typer` application.
 

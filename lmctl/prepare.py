@@ -173,14 +173,29 @@ class SplitStats:
 
         data = text.encode("utf-8")
         self.bytes += len(data)
-        if data:
-            # Words: runs of non-whitespace bytes, as bytes.split() counts them, without making them.
-            in_word = ~_ASCII_SPACE[np.frombuffer(data, dtype=np.uint8)]
-            starts = int(np.count_nonzero(in_word[1:] & ~in_word[:-1]))
-            if in_word[0] and not self._in_word:
-                starts += 1
-            self.words += starts
-            self._in_word = bool(in_word[-1])
+        if not data:
+            return
+        codes = np.frombuffer(data, dtype=np.uint8)
+        # Words: runs of non-whitespace bytes, as bytes.split() counts them, without making them.
+        in_word = ~_ASCII_SPACE[codes]
+        starts = int(np.count_nonzero(in_word[1:] & ~in_word[:-1]))
+        if in_word[0] and not self._in_word:
+            starts += 1
+        self.words += starts
+        self._in_word = bool(in_word[-1])
+        # Longest line in characters (bytes are characters when the text is ASCII: no list of lines).
+        if len(data) == len(text):
+            breaks = np.flatnonzero(codes == 10)
+            if breaks.size == 0:
+                self._line_so_far += len(text)
+                self.longest_line = max(self.longest_line, self._line_so_far)
+                return
+            first = self._line_so_far + int(breaks[0])
+            inner = int(np.diff(breaks).max()) - 1 if breaks.size > 1 else 0
+            self.longest_line = max(self.longest_line, first, inner)
+            self._line_so_far = len(text) - int(breaks[-1]) - 1
+            self.longest_line = max(self.longest_line, self._line_so_far)
+            return
         lines = text.split("\n")
         if len(lines) == 1:
             self._line_so_far += len(text)
@@ -322,7 +337,8 @@ def resolve_inputs(specs: list[str], fmt: str | None = None, *, role: str = "--t
         elif path.is_dir():
             before = len(found)
             for root, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                # Hidden directories and prepared data (its tokenizer.json is no input) are skipped.
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (Path(root) / d / MANIFEST).is_file())
                 for name in sorted(files):
                     candidate = Path(root) / name
                     if not name.startswith(".") and matching(candidate):
@@ -487,6 +503,8 @@ def _resolve_tokenizer(spec: str, trainers: dict[str, Any]) -> _TokenizerSource:
     path = Path(spec).expanduser()
     if path.is_file() and path.name == "tokenizer.json":
         path = path.parent
+    if (path / MANIFEST).is_file() and (path / "tokenizer").is_dir():
+        path = path / "tokenizer"  # a prepared data directory: reuse its tokenizer
     if path.is_dir():
         names = {p.name for p in path.iterdir()}
         if not any(n.startswith(TOKENIZER_FILE_PREFIXES) for n in names):

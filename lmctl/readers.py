@@ -201,7 +201,8 @@ def _split_paragraphs(chunks: Iterable[str], max_chars: int) -> Iterator[Documen
                     yield [parts[0]], True
                 rest = parts[1:]
                 continues = False
-            docs = [p for p in rest if not _is_blank(p)]
+            # The greedy blank run leaves no blank part, except an empty one at a paragraph start.
+            docs = rest[1:] if rest and not rest[0] else rest
             if docs:
                 yield docs, False
         at_start = not continues and _is_blank(carry)

@@ -8,6 +8,7 @@ Each trainer takes an iterator of documents and returns a trained :class:`tokeni
 * ``wordpiece``: BERT-style WordPiece (whitespace is not kept: for masked families).
 * ``unigram``: SentencePiece-style Unigram (XLNet's choice).
 * ``char``: one token per character seen in the training text (nanoGPT's shakespeare_char).
+* ``word``: one token per whitespace-separated word, the most frequent ones (NeMo's word-level LM).
 """
 
 from __future__ import annotations
@@ -115,12 +116,46 @@ def train_char(texts: Iterable[str], *, vocab_size: int, special_tokens: dict[st
     return tokenizer
 
 
+def train_word(texts: Iterable[str], *, vocab_size: int, special_tokens: dict[str, str]) -> Any:
+    """Word level: the special tokens, then the ``vocab_size`` most frequent whitespace-separated words.
+
+    Other words become the unknown token (``<unk>``, which WikiText already uses for rare words).
+    Words are counted here rather than by ``tokenizers.trainers.WordLevelTrainer``: that trainer
+    gives a word equal to a special token (``<unk>`` in WikiText) a second id and leaves a hole in
+    the vocabulary.  Ties in frequency are broken alphabetically, so the vocabulary is reproducible.
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    # The pre-tokenizer that encodes is the one that counts, so both see the same words.
+    splitter = pre_tokenizers.WhitespaceSplit()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in splitter.pre_tokenize_str(text))
+    unk = special_tokens.get("unk_token", "<unk>")
+    specials = _special_list({**special_tokens, "unk_token": unk})
+    vocab = {token: i for i, token in enumerate(specials)}
+    room = max(0, vocab_size - len(vocab)) if vocab_size else len(counts)
+    for word, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        if len(vocab) >= len(specials) + room:
+            break
+        vocab.setdefault(word, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
+    tokenizer.pre_tokenizer = splitter
+    # Decoding joins words with single spaces.  The WordPiece decoder does exactly that when no
+    # token starts with its continuation prefix, and no whitespace-split word starts with a space.
+    tokenizer.decoder = decoders.WordPiece(prefix=" ", cleanup=False)
+    return tokenizer
+
+
 TRAINERS = {
     "bytelevel-bpe": train_bytelevel_bpe,
     "bpe": train_bpe,
     "wordpiece": train_wordpiece,
     "unigram": train_unigram,
     "char": train_char,
+    "word": train_word,
 }
 
 

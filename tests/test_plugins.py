@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import REPO, corpus_text, write_prepared
 
-FIXTURE_SITE = REPO / "tests" / "plugins_fixtures" / "site"
+FIXTURE_SITE = REPO / "tests" / "plugins_fixtures" / "installed"
 FIXTURE_PLUGINS = ("broken-import", "bad-signature", "duplicate-family", "command-clash")
 BUILTIN_FAMILIES = {"causal", "masked", "permuted", "electra"}
 
@@ -64,7 +64,7 @@ def plugin_site(tmp_path, monkeypatch):
 
 @pytest.fixture
 def fixture_plugins(monkeypatch):
-    """The broken plugins shipped in tests/plugins_fixtures/site, on sys.path."""
+    """The broken plugins shipped in tests/plugins_fixtures/installed, on sys.path."""
     from lmctl.plugins import reset_registry
 
     monkeypatch.syspath_prepend(str(FIXTURE_SITE))
@@ -244,6 +244,22 @@ def test_hook_register_tokenizer_trainers(plugin_site):
 
     assert check_plugins(["words"]).ok
 
+    # Through the real command: `lmctl prepare --tokenizer words`.
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    corpus = plugin_site.parent / "corpus.txt"
+    corpus.write_text("the cat sat on the mat\n\nthe dog sat on the log\n", encoding="utf-8")
+    out = plugin_site.parent / "data"
+    run = CliRunner().invoke(app, ["prepare", "--train", str(corpus), "--tokenizer", "words", "--vocab-size", "100", "--block-size", "4", "--out", str(out)])
+    assert run.exit_code == 0, run.output
+    saved = AutoTokenizer.from_pretrained(out / "tokenizer")
+    ids = np.fromfile(out / "train.bin", dtype=json.loads((out / "manifest.json").read_text())["dtype"]).tolist()
+    eos = saved.eos_token_id
+    # Each paragraph after the separator, one token per word (an independent re-count).
+    assert ids == [eos, *saved.convert_tokens_to_ids("the cat sat on the mat".split()), eos, *saved.convert_tokens_to_ids("the dog sat on the log".split())]
+    assert saved.unk_token_id not in ids
+
 
 def test_hook_register_data_readers(plugin_site, tmp_path):
     """A reader from a plugin is registered by format name with normalised extensions, and reads files."""
@@ -278,10 +294,25 @@ def test_hook_register_data_readers(plugin_site, tmp_path):
 
     assert check_plugins(["srt"]).ok
 
+    # Through the real command: `lmctl prepare film.srt` picks the reader from the extension.
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from lmctl.cli import app
+
+    out = tmp_path / "data"
+    run = CliRunner().invoke(app, ["prepare", "--train", str(subtitle), "--tokenizer", "char", "--block-size", "8", "--out", str(out)])
+    assert run.exit_code == 0, run.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["documents"] == 1
+    saved = AutoTokenizer.from_pretrained(out / "tokenizer")
+    ids = np.fromfile(out / "train.bin", dtype=manifest["dtype"]).tolist()
+    assert ids[0] == saved.eos_token_id
+    assert saved.decode(ids[1:]) == "Hello there.\nGeneral Kenobi!"  # no cue numbers, no timings
+
 
 def test_hook_register_callbacks(plugin_site, tmp_path, tokenizer_for):
     """A callback registered through the hook receives the trainer's events as dicts (a tiny real run)."""
-    pytest.importorskip("lmctl.train")
     from lmctl.plugins import get_registry
     from lmctl.train import train
     from lmctl.train_config import TrainConfig
@@ -405,19 +436,13 @@ def test_broken_plugins_do_not_break_the_cli():
     assert run_lmctl("clash-hello", pythonpath=FIXTURE_SITE).stdout == "hello from command-clash\n"
 
 
-def test_plugin_cannot_replace_a_builtin_command(fixture_plugins, scratch_root_app, capsys):
+def test_plugin_cannot_replace_a_builtin_command(fixture_plugins, scratch_root_app, capsys, monkeypatch):
     from lmctl.cli import BUILTIN_COMMANDS, add_plugin_commands
-    from lmctl.plugins import get_registry
+    from lmctl.plugins import get_registry, reset_registry
 
-    monkey_env = {"LMCTL_LOAD_PLUGINS": "command-clash"}
-    os.environ.update(monkey_env)
-    try:
-        from lmctl.plugins import reset_registry
-
-        reset_registry()
-        add_plugin_commands(scratch_root_app)
-    finally:
-        os.environ.pop("LMCTL_LOAD_PLUGINS")
+    monkeypatch.setenv("LMCTL_LOAD_PLUGINS", "command-clash")
+    reset_registry()
+    add_plugin_commands(scratch_root_app)
     lines = warning_lines(capsys.readouterr().err)
     assert lines == ["warning: plugin 'command-clash' tried to replace the command 'train'; skipped"]
     names = [c.name for c in scratch_root_app.registered_commands]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from lmctl.cli import app
@@ -110,7 +112,7 @@ def test_blocks_reproduce_the_whole_tokenization(mode, corpus, tmp_path, tokeniz
     assert info["blocks"] == len(reference) // block
     assert info["documents"] == len(docs)
     assert info["bytes"] == len(text.encode())
-    assert info["words"] == len(text.split())
+    assert info["words"] == len(text.encode().split())
     assert info["longest_line"] == max(len(line) for line in text.split("\n"))
     assert info["unknown_tokens"] == 0
     # Line breaks are text: decoding the stream gives back the documents.
@@ -306,6 +308,11 @@ def test_directories_globs_and_positional_files(tmp_path, tokenizer_dir):
     result = invoke("--train", str(tmp_path / "d" / "a.txt"), str(tmp_path / "d" / "sub" / "b.txt"), "--tokenizer", tok, "--out", str(tmp_path / "o3"), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["splits"]["train"]["documents"] == 2
+    # A prepared directory given as --tokenizer lends its tokenizer; inside an input directory it is skipped.
+    report = prepare(PrepareConfig(train=[str(tmp_path / "d")], out=tmp_path / "d" / "o4", tokenizer=str(tmp_path / "o3"), progress="none"))
+    report = prepare(PrepareConfig(train=[str(tmp_path / "d")], out=tmp_path / "d" / "o4", tokenizer=str(tmp_path / "o3"), force=True, progress="none"))
+    assert [Path(e["path"]).name for e in report.manifest["inputs"]["train"]] == ["a.txt", "b.txt"]
+    assert report.manifest["tokenizer"]["sha256"] == json.loads((tmp_path / "o3" / "manifest.json").read_text())["tokenizer"]["sha256"]
 
 
 # --- tokenizers ------------------------------------------------------------------------------------
@@ -475,3 +482,42 @@ def test_cli_help_is_fast_and_light():
     assert out == "False"
     result = invoke("--help")
     assert result.exit_code == 0 and "--validation-split" in result.stdout and "--encoding-errors" in result.stdout
+
+
+# --- the streaming pieces against plain Python ------------------------------------------------------
+
+_pieces = st.lists(st.sampled_from(["a", "b", " ", "\t", "\n", "\n\n", "  \n", "é", "☃"]), max_size=50).map("".join)
+
+
+def _chunked(text: str, cuts: list[int]) -> list[str]:
+    chunks, pos = [], 0
+    for cut in cuts:
+        chunks.append(text[pos : pos + cut])
+        pos += cut
+    chunks.append(text[pos:])
+    return [c for c in chunks if c]
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_pieces, cuts=st.lists(st.integers(1, 9), max_size=12), mode=st.sampled_from(["lines", "blank-lines", "file"]))
+def test_document_splitting_ignores_chunk_boundaries(text, cuts, mode):
+    from lmctl.readers import split_documents
+
+    got = []
+    for texts, continues in split_documents(_chunked(text, cuts), mode):
+        assert not continues  # no document here is longer than MAX_DOCUMENT_CHARS
+        got += texts
+    assert got == ref_documents(text, mode)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_pieces, cuts=st.lists(st.integers(1, 9), max_size=12))
+def test_split_statistics_ignore_chunk_boundaries(text, cuts):
+    from lmctl.prepare import SplitStats
+
+    stats = SplitStats()
+    for chunk in _chunked(text, cuts):
+        stats.observe_text(chunk)
+    assert stats.bytes == len(text.encode())
+    assert stats.words == len(text.encode().split())
+    assert stats.longest_line == max(len(line) for line in text.split("\n"))
