@@ -57,7 +57,9 @@ def build_model(out: Path, text: str) -> None:
 
     family = get_family("causal")
     special = family.special_tokens()
-    tok = as_transformers_tokenizer(TRAINERS["bytelevel-bpe"]([text], vocab_size=4096, special_tokens=special), special)
+    tok = as_transformers_tokenizer(
+        TRAINERS["bytelevel-bpe"]([text], vocab_size=4096, special_tokens=special), special
+    )
     torch.manual_seed(0)
     model = family.build_from_scratch(
         "gpt2", tokenizer=tok, block_size=256, overrides={"n_layer": 4, "n_head": 4, "n_embd": 128}

@@ -54,13 +54,17 @@ def build_corpus(path: Path, megabytes: float) -> int:
 
 def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     """Run a command; wall time, CPU time and peak RSS of that process (its own, via wait4)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    # Read the pipes while it runs, then reap this very child with wait4 for its rusage.
-    stdout, stderr = proc.stdout.read(), proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - t0
+    # Output goes to files (a full pipe would stall the child); wait4 reaps this very child and
+    # returns its own resource usage.
+    with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out_file, stderr=err_file, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out_file.seek(0)
+        err_file.seek(0)
+        stdout, stderr = out_file.read(), err_file.read()
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{stderr.decode()[-2000:]}")
     return {

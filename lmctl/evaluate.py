@@ -41,7 +41,7 @@ import contextlib
 import hashlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,36 +100,39 @@ def seeded_generator(seed: int, index: int) -> Any:
 # --- the text as sequences, windows and blocks ----------------------------------------------------
 
 
-def sequences(split: Any, separator: list[int]) -> Iterator[np.ndarray]:
+def sequences(split: Any, head: list[int], specials: Collection[int] = ()) -> Iterator[np.ndarray]:
     """The token sequences of a split: the whole stream (packed) or each example (line-by-line).
 
-    A line-by-line example that does not already begin with the separator gets it prepended, so
-    its first real token is predicted with a BOS/EOS as context, like the first document of a stream.
+    ``head`` (the separator, for left-to-right scoring) is put before a line-by-line example that
+    does not start with a special token, so its first real token is predicted from a BOS/EOS like
+    the first document of a stream.  Prepare already starts examples that way; this covers data
+    written otherwise.
     """
     if split.offsets is None:
         yield split.tokens
         return
     offsets = split.offsets
-    head = np.asarray(separator, dtype=np.int64)
+    prefix = np.asarray(head, dtype=np.int64)
+    special = set(int(i) for i in specials)
     for i in range(int(offsets.shape[0]) - 1):
         example = np.asarray(split.tokens[int(offsets[i]) : int(offsets[i + 1])], dtype=np.int64)
-        if len(head) and (len(example) == 0 or example[0] != head[0]):
-            example = np.concatenate([head, example])
+        if len(prefix) and (len(example) == 0 or int(example[0]) not in special):
+            example = np.concatenate([prefix, example])
         yield example
 
 
-def text_tokens(split: Any, separator: list[int]) -> int:
-    """Predictable tokens of the text: every token but the first of each sequence."""
+def text_tokens(split: Any, head: list[int], specials: Collection[int] = ()) -> int:
+    """Predicted tokens when the text is scored left to right: all but the first of each sequence
+    (counting the ``head`` that :func:`sequences` adds)."""
     if split.offsets is None:
         return max(0, split.num_tokens - 1)
     offsets = np.asarray(split.offsets, dtype=np.int64)
     lengths = np.diff(offsets)
-    if separator:
-        # An example gets the separator prepended when it does not start with it (see sequences()).
+    if head:
         first = np.full(lengths.shape, -1, dtype=np.int64)
         nonempty = lengths > 0
         first[nonempty] = np.asarray(split.tokens[offsets[:-1][nonempty]], dtype=np.int64)
-        lengths = lengths + (first != separator[0])
+        lengths = lengths + len(head) * ~np.isin(first, np.asarray(list(specials), dtype=np.int64))
     return int(np.maximum(lengths - 1, 0).sum())
 
 
@@ -212,9 +215,10 @@ def stack_windows(windows: list[Window], pad_id: int) -> tuple[np.ndarray, np.nd
     return ids, labels, attention
 
 
-def blocks(split: Any, block_size: int, separator: list[int]) -> Iterator[np.ndarray]:
-    """Non-overlapping blocks covering every token (the last one of each sequence may be short)."""
-    for seq in sequences(split, separator if split.offsets is not None else []):
+def blocks(split: Any, block_size: int) -> Iterator[np.ndarray]:
+    """Non-overlapping blocks covering every token (the last one of each sequence may be short),
+    exactly the tokens training sees (nothing is added to line-by-line examples)."""
+    for seq in sequences(split, []):
         for start in range(0, len(seq), block_size):
             block = np.asarray(seq[start : start + block_size], dtype=np.int64)
             if len(block):
@@ -331,12 +335,11 @@ def evaluate_with_loss(family: Any, model: Any, tokenizer: Any, split: Any, sett
     device = settings.device
     collate = family.make_collator(tokenizer, settings.options)
     pad = pad_id_of(tokenizer)
-    separator = family.document_separator(tokenizer)
     total, tokens = torch.zeros((), dtype=torch.float64, device=device), 0
     metric_sums: dict[str, Any] = {}
     index, complete = 0, True
     total_blocks = count_blocks(split, settings.block_size)
-    for n, rows in enumerate(batched(blocks(split, settings.block_size, separator), settings.batch_size, None)):
+    for n, rows in enumerate(batched(blocks(split, settings.block_size), settings.batch_size, None)):
         if settings.max_batches is not None and n >= settings.max_batches:
             complete = False
             break
@@ -361,15 +364,16 @@ def evaluate_causal(family: Any, model: Any, tokenizer: Any, split: Any, setting
 
     device = settings.device
     separator = family.document_separator(tokenizer)
+    specials = special_ids(tokenizer)
     pad = pad_id_of(tokenizer)
     windows = (
         w
-        for seq in sequences(split, separator)
+        for seq in sequences(split, separator, specials)
         for w in causal_windows(seq, settings.block_size, settings.window_stride)
     )
     if split.offsets is not None:
         windows = length_sorted(windows, 64 * settings.batch_size)
-    total_targets = text_tokens(split, separator)
+    total_targets = text_tokens(split, separator, specials)
     keep_kwarg = accepts(model, "logits_to_keep")
     extra = {"use_cache": False} if accepts(model, "use_cache") else {}
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -403,9 +407,8 @@ def _masked_blocks(family: Any, tokenizer: Any, split: Any, settings: EvalSettin
     """Collated, seeded batches of blocks: (batch on device, per-block generators, tokens covered)."""
     collate = family.make_collator(tokenizer, settings.options)
     pad = pad_id_of(tokenizer)
-    separator = family.document_separator(tokenizer)
     index = 0
-    for rows in batched(blocks(split, settings.block_size, separator), settings.batch_size, settings.max_batches):
+    for rows in batched(blocks(split, settings.block_size), settings.batch_size, settings.max_batches):
         batch, generators = collate_blocks(collate, rows, settings.block_size, pad, settings.seed, index)
         index += len(rows)
         yield to_device(batch, settings.device), generators, sum(len(r) for r in rows)
@@ -441,13 +444,12 @@ def evaluate_pseudo_perplexity(family: Any, model: Any, tokenizer: Any, split: A
 
     mask_id = tokenizer.mask_token_id
     if mask_id is None:
-        raise UsageError(f"the tokenizer has no mask token, which --pseudo-perplexity needs")
+        raise UsageError("the tokenizer has no mask token, which --pseudo-perplexity needs")
     specials = np.asarray(special_ids(tokenizer), dtype=np.int64)
     device = settings.device
-    separator = family.document_separator(tokenizer)
 
     def queries() -> Iterator[tuple[np.ndarray, int, int]]:
-        for block in blocks(split, settings.block_size, separator):
+        for block in blocks(split, settings.block_size):
             positions = np.flatnonzero(~np.isin(block, specials))
             for i, pos in enumerate(positions):
                 # The last query of a block carries the block's length, for progress.
@@ -464,7 +466,7 @@ def evaluate_pseudo_perplexity(family: Any, model: Any, tokenizer: Any, split: A
             width = max(len(r[0]) for r in rows_scored)
             ids = np.full((len(rows_scored), width), pad_id_of(tokenizer), dtype=np.int64)
             attention = np.zeros((len(rows_scored), width), dtype=np.int64)
-            for row, (block, pos, _) in enumerate(rows_scored):
+            for row, (block, _, _) in enumerate(rows_scored):
                 ids[row, : len(block)] = block
                 attention[row, : len(block)] = 1
             positions = np.array([r[1] for r in rows_scored])
@@ -537,7 +539,12 @@ def xlnet_left_to_right(family: Any, model: Any, tokenizer: Any, split: Any, set
 
     device = settings.device
     separator = family.document_separator(tokenizer)
-    windows = (w for seq in sequences(split, separator) for w in in_place_windows(seq, settings.block_size, settings.window_stride))
+    specials = special_ids(tokenizer)
+    windows = (
+        w
+        for seq in sequences(split, separator, specials)
+        for w in in_place_windows(seq, settings.block_size, settings.window_stride)
+    )
     if split.offsets is not None:
         windows = length_sorted(windows, 64 * settings.batch_size)
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -672,7 +679,8 @@ def evaluate_model(
     Returns ``loss`` (mean NLL per predicted token, nats), ``perplexity``, ``tokens`` (predicted
     tokens counted), ``complete`` (every window evaluated), ``bits_per_byte`` and
     ``word_perplexity`` when the family scores the whole text and the split records its bytes and
-    words, ``seconds``, ``tokens_per_second`` (text tokens covered per second), and the family's
+    words, ``seconds``, ``tokens_per_second`` (tokens of the text processed per second, as the
+    family reports them through ``settings.progress``), and the family's
     own metrics.  ``max_batches`` stops early: a quick, still token-weighted, estimate.
     """
     import torch
@@ -696,8 +704,17 @@ def evaluate_model(
         options=options or FamilyOptions(),
         autocast=autocast,
         device=device if device is not None else model_device(model),
-        progress=progress,
+        progress=None,
     )
+    covered = 0
+
+    def report(advance: int, total: int | None) -> None:
+        nonlocal covered
+        covered += advance
+        if progress is not None:
+            progress(advance, total)
+
+    settings.progress = report
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     started = time.perf_counter()
@@ -708,10 +725,10 @@ def evaluate_model(
         for module, mode in modes:
             module.training = mode
     seconds = time.perf_counter() - started
-    return summarize(raw, split, seconds, family.document_separator(tokenizer))
+    return summarize(raw, split, seconds, covered)
 
 
-def summarize(raw: dict[str, Any], split: Any, seconds: float, separator: list[int]) -> dict[str, Any]:
+def summarize(raw: dict[str, Any], split: Any, seconds: float, covered: int) -> dict[str, Any]:
     """Add perplexity, bits per byte, word perplexity and throughput to a family's raw result."""
     result = dict(raw)
     loss = float(result["loss"])
@@ -736,7 +753,6 @@ def summarize(raw: dict[str, Any], split: Any, seconds: float, separator: list[i
     result["bytes"] = int(nbytes) if nbytes else None
     result["words"] = int(words) if words else None
     result["seconds"] = seconds
-    covered = text_tokens(split, separator) if complete else None
     result["tokens_per_second"] = (covered or result["tokens"]) / seconds if seconds > 0 else None
     return result
 
@@ -887,6 +903,8 @@ def evaluate(config: EvalConfig, *, progress: Callable[[str], Any] | None = None
 
     if not config.models:
         raise UsageError("no model: pass --model DIR (or a Hugging Face id)")
+    if config.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise UsageError(f"--precision must be auto, fp32, bf16 or fp16, got {config.precision!r}")
     prepared_path, raw_files = check_data_paths(config.data)
     quiet_transformers()
     device = torch.device(pick_device(config.device))
@@ -895,13 +913,17 @@ def evaluate(config: EvalConfig, *, progress: Callable[[str], Any] | None = None
     if config.pseudo_perplexity:
         from lmctl.families.masked import MaskedFamily
 
-        for name, family in zip(config.models, families):
+        for name, family in zip(config.models, families, strict=True):
             if not isinstance(family, MaskedFamily):
                 raise UsageError(f"--pseudo-perplexity is for masked models; {name} is a '{family.name}' model")
     limits = [_model_limit(m, config.trust_remote_code) for m in config.models]
     block_size = resolve_block_size(config, limits, data.block_size if data else None)
     if config.block_size is None and any(f.requires_even_block_size for f in families) and block_size % 2:
         block_size -= 1
+    if config.stride is not None and not 1 <= config.stride <= block_size:
+        raise UsageError(f"--stride must be between 1 and the block size ({block_size}), got {config.stride}")
+    if config.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {config.batch_size}")
     split_name = config.split
     if data is not None:
         split_name = split_name or ("validation" if data.has_split("validation") else "train")
@@ -910,7 +932,7 @@ def evaluate(config: EvalConfig, *, progress: Callable[[str], Any] | None = None
         raise UsageError("--split applies to prepared directories; raw text files are evaluated whole")
 
     results = []
-    for name, family in zip(config.models, families):
+    for name, family in zip(config.models, families, strict=True):
         model = _load_model(name, family, config.trust_remote_code)
         family.check_block_size(block_size, model)
         model_data = data if data is not None else _prepare_raw(config, raw_files, name, family, block_size, progress is not None)
@@ -933,7 +955,7 @@ def evaluate(config: EvalConfig, *, progress: Callable[[str], Any] | None = None
                 max_batches=config.max_batches,
                 seed=config.seed,
                 options=FamilyOptions(),
-                autocast=lambda: autocast_context(precision, device),
+                autocast=lambda p=precision: autocast_context(p, device),
                 device=device,
                 pseudo_perplexity=config.pseudo_perplexity,
                 progress=bar.update if bar is not None else None,

@@ -111,7 +111,7 @@ class GenerationResult:
     finish_reason: str
     """``"length"`` (max new tokens), ``"eos"`` (end-of-sequence token) or ``"stop"`` (a --stop string)."""
     tokens_per_s: float
-    """This sequence's tokens over the wall time of the ``model.generate`` call that produced it."""
+    """This sequence's tokens over the wall time spent generating its batch."""
     model: str = ""
     prompt_tokens: int = 0
     index: int = 0
@@ -416,30 +416,94 @@ def encode_prompt(tokenizer: Any, prompt: str, *, bos_id: int | None = None) -> 
     return ids
 
 
+def sliding_step(context: int, max_new_tokens: int) -> int:
+    """New tokens per ``generate`` call when the text outgrows the context (half a window at most)."""
+    return max(1, min(max_new_tokens, context // 2))
+
+
 def fit_prompt(
     ids: list[int], *, context: int | None, max_new_tokens: int, truncate: bool, number: int, warn: Warn
 ) -> list[int]:
-    """Keep the prompt within the context left after ``max_new_tokens`` (cut from the left)."""
-    if context is None:
-        return ids
-    room = context - max_new_tokens
-    if room < 1:
-        raise UsageError(
-            f"--max-new-tokens {max_new_tokens} leaves no room for a prompt: the model reads at most {context} tokens; "
-            f"use --max-new-tokens {context - 1} or less"
-        )
-    if len(ids) <= room:
+    """Make the prompt fit the model's context, cutting its beginning when it must.
+
+    When prompt and new tokens fit, nothing changes.  Otherwise (unless ``truncate`` is off,
+    which refuses) the prompt keeps its last ``context - step`` tokens and generation proceeds
+    in steps of ``step`` tokens, each step reading the latest tokens (see :func:`sliding_step`).
+    """
+    if context is None or len(ids) + max_new_tokens <= context:
         return ids
     if not truncate:
         raise UsageError(
-            f"prompt {number} has {len(ids)} tokens, but the model reads at most {context} and --max-new-tokens is "
-            f"{max_new_tokens}, leaving {room}; shorten the prompt, lower --max-new-tokens, or drop --no-truncate"
+            f"prompt {number} has {len(ids)} tokens and --max-new-tokens is {max_new_tokens}, more than the model's "
+            f"{context}-token context; shorten the prompt, lower --max-new-tokens, or drop --no-truncate"
         )
+    keep = context - sliding_step(context, max_new_tokens)
+    if len(ids) <= keep:
+        return ids
     warn(
         f"prompt {number} has {len(ids)} tokens, but the model reads at most {context} and --max-new-tokens is "
-        f"{max_new_tokens}: only its last {room} tokens are used (--no-truncate refuses instead)"
+        f"{max_new_tokens}: only its last {keep} tokens are used (--no-truncate refuses instead)"
     )
-    return ids[-room:]
+    return ids[-keep:]
+
+
+def _generate_rows(
+    model: Any,
+    input_ids: Any,
+    attention_mask: Any,
+    kwargs: dict[str, Any],
+    *,
+    context: int | None,
+    streamer: TextDeltaStreamer | None,
+) -> list[list[int]]:
+    """New token ids per output row: one ``generate`` call, or a sliding window past the context.
+
+    The window, like nanoGPT's ``sample.py``, keeps the latest tokens: each call reads the last
+    ``context - step`` tokens (prompt and text so far) and adds ``step`` more, with the KV cache
+    on within the call.  Position ids restart at the window's first token.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    width, total = input_ids.shape[1], kwargs["max_new_tokens"]
+    if context is None or width + total <= context:
+        with torch.inference_mode():
+            output = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                streamer=streamer,
+                **kwargs,
+            )
+        return output[:, width:].tolist()
+    step_size = sliding_step(context, total)
+    seq, mask = input_ids, attention_mask
+    generated = 0
+    min_new = kwargs.get("min_new_tokens") or 0
+    while generated < total:
+        step = min(step_size, total - generated)
+        window = context - step
+        call = dict(
+            kwargs, max_new_tokens=step, min_new_tokens=min(step, max(0, min_new - generated)) or None
+        )
+        if generated:
+            call["num_return_sequences"] = 1  # the rows were already expanded by the first call
+        if streamer is not None:
+            streamer.skip_prompt = True  # each call hands the streamer its input first
+        inputs, inputs_mask = seq[:, -window:], mask[:, -window:]
+        with torch.inference_mode():
+            output = model.generate(
+                input_ids=inputs.to(device), attention_mask=inputs_mask.to(device), streamer=streamer, **call
+            ).cpu()
+        produced = output[:, inputs.shape[1] :]
+        if not generated and produced.shape[0] != seq.shape[0]:  # num_return_sequences > 1
+            repeat = produced.shape[0] // seq.shape[0]
+            seq, mask = seq.repeat_interleave(repeat, 0), mask.repeat_interleave(repeat, 0)
+        seq = torch.cat([seq, produced], dim=1)
+        mask = torch.cat([mask, torch.ones_like(produced)], dim=1)
+        generated += produced.shape[1]
+        if produced.shape[1] < step:  # generate() stopped early: every row hit EOS or a stop string
+            break
+    return seq[:, width:].tolist()
 
 
 def continuation_text(tokenizer: Any, prompt_ids: Sequence[int], new_ids: Sequence[int]) -> str:
@@ -631,7 +695,6 @@ def generate_text(
         padding = family_pads_batches(model)
     if settings.seed is not None:
         torch.manual_seed(settings.seed)  # seeds every device; sampling draws from the global generator
-    device = next(model.parameters()).device
     n = settings.num_return_sequences
     done: dict[int, list[GenerationResult]] = {}
     results: list[GenerationResult] = []
@@ -647,15 +710,9 @@ def generate_text(
         if on_text is not None and len(encoded) == 1 and n == 1:
             streamer = TextDeltaStreamer(tokenizer, encoded[0], eos_ids, settings.stop, on_text)
         began = time.perf_counter()
-        with torch.inference_mode():
-            output = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                streamer=streamer,
-                **kwargs,
-            )
+        rows = _generate_rows(model, input_ids, attention_mask, kwargs, context=context, streamer=streamer)
         elapsed = max(time.perf_counter() - began, 1e-9)
-        for row, new_ids in enumerate(output[:, width:].tolist()):
+        for row, new_ids in enumerate(rows):
             index = batch[row // n]  # generate() returns the n samples of a prompt next to each other
             text, tokens, reason = finish_sequence(tokenizer, encoded[index], new_ids, eos_ids, settings.stop)
             if streamer is not None:

@@ -38,6 +38,7 @@ The output layout is described in :mod:`lmctl.prepared`.  How it is made:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -84,10 +85,10 @@ class PrepareConfig:
     validation_split: float | None = None
     """Keep the last fraction of the training text (0 < F < 1) for validation."""
     tokenizer: str | None = None
-    """A trainer name (bpe, bytelevel-bpe, wordpiece, unigram, char, or a plugin's), a tokenizer or
+    """A trainer name (bpe, bytelevel-bpe, wordpiece, unigram, char, word, or a plugin's), a tokenizer or
     model directory, or a Hub id.  None: the family's ``tokenizer_kind``."""
     vocab_size: int = DEFAULT_VOCAB_SIZE
-    """Vocabulary size for a trained tokenizer (an upper bound for ``char``)."""
+    """Vocabulary size for a trained tokenizer (an upper bound for ``char`` and ``word``)."""
     family: str | None = None
     """Family name or alias.  None: the family of a model directory given as ``tokenizer``, else causal."""
     block_size: int = DEFAULT_BLOCK_SIZE
@@ -630,14 +631,6 @@ class _Progress:
         eta = f", ETA {(self.total - self.done) / rate:.0f} s" if rate and self.total else ""
         _eprint(f"prepare: {self.name}: {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB{pct}, {rate / 1e6:.1f} MB/s{eta}")
 
-    def note(self, message: str) -> None:
-        if self._rich is not None:
-            from rich.text import Text
-
-            self._rich.console.print(Text(message))
-        elif self.mode == "plain":
-            _eprint(message)
-
 
 def _eprint(message: str) -> None:
     sys.stderr.write(message + "\n")
@@ -646,13 +639,48 @@ def _eprint(message: str) -> None:
 
 # --- writing a split ------------------------------------------------------------------------------
 
+_OFF = ("", "0", "false", "f", "off", "no", "n")
+
+
+def encode_workers() -> int:
+    """How many batches to tokenize at once: the usable CPUs, or 1 with ``TOKENIZERS_PARALLELISM=false``."""
+    if os.environ.get("TOKENIZERS_PARALLELISM", "true").strip().lower() in _OFF:
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    limit = os.environ.get("RAYON_NUM_THREADS", "")
+    return max(1, min(cpus, int(limit))) if limit.isdigit() and int(limit) > 0 else max(1, cpus)
+
+
+@contextlib.contextmanager
+def tokenizer_threads(parallel: bool) -> Iterator[None]:
+    """Tell the Rust tokenizer (it reads ``TOKENIZERS_PARALLELISM`` at every call) whether to fan
+    a batch out over its own thread pool.
+
+    prepare runs one single-threaded call per worker thread instead: the same parallelism without
+    rayon's spinning idle threads, which cost CPU time that a busy machine does not have.  The
+    variable is restored afterwards.
+    """
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if parallel else "false"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+
+
 
 class SplitWriter:
     """Tokenizes document batches and appends the ids to ``<name>.bin`` (plus offsets, line-by-line).
 
-    Encoding runs in one background thread (the Rust tokenizer releases the GIL and uses every
-    core) while this thread reads the next batch and turns the previous one's ids into arrays, so
-    the Python work overlaps the tokenizing.  At most two batches are in flight.
+    Batches are tokenized by ``workers`` threads at once (the Rust tokenizer releases the GIL),
+    each call single-threaded (see :func:`tokenizer_threads`), while this thread reads the next
+    batch and writes finished ones in order.  At most ``workers + 1`` batches are in flight.
     """
 
     def __init__(
@@ -666,7 +694,9 @@ class SplitWriter:
         suffix: list[int],
         line_by_line: bool,
         block_size: int,
+        workers: int = 1,
     ) -> None:
+        from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
         import numpy as np
@@ -686,8 +716,9 @@ class SplitWriter:
         self._offsets = open(directory / self.offsets_name, "wb") if self.offsets_name else None
         if self._offsets is not None:
             np.zeros(1, dtype=np.uint64).tofile(self._offsets)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmctl-encode")
-        self._pending: tuple[Any, set[int]] | None = None
+        self._workers = max(1, workers)
+        self._executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="lmctl-encode")
+        self._in_flight: deque[tuple[Any, set[int]]] = deque()
         self._texts: list[str] = []
         self._continues: set[int] = set()  # indices in _texts that continue the previous document
         self._chars = 0
@@ -708,17 +739,16 @@ class SplitWriter:
         if self._chars >= BATCH_CHARS:
             self.flush()
 
-    def flush(self) -> None:
-        """Send the gathered texts to the encoder; write the batch sent before (if any)."""
-        previous = self._pending
-        self._pending = None
+    def flush(self, *, drain: bool = False) -> None:
+        """Send the gathered texts to a worker; write finished batches, oldest first."""
         if self._texts:
             texts, continues = self._texts, self._continues
             self._texts, self._continues, self._chars = [], set(), 0
             self.documents += len(texts) - len(continues)
-            self._pending = (self._executor.submit(self._encode, texts, add_special_tokens=False), continues)
-        if previous is not None:
-            self._write(previous[0].result(), previous[1])
+            self._in_flight.append((self._executor.submit(self._encode, texts, add_special_tokens=False), continues))
+        while self._in_flight and (drain or len(self._in_flight) > self._workers):
+            future, continues = self._in_flight.popleft()
+            self._write(future.result(), continues)
 
     def _write(self, encodings: list[Any], continues: set[int]) -> None:
         import numpy as np
@@ -766,15 +796,14 @@ class SplitWriter:
 
     def close(self) -> None:
         """Write everything still pending and close the files."""
-        self.flush()
-        self.flush()
+        self.flush(drain=True)
         self._executor.shutdown(wait=True)
         self._file.close()
         if self._offsets is not None:
             self._offsets.close()
 
     def abort(self) -> None:
-        self._pending = None
+        self._in_flight.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._file.close()
         if self._offsets is not None:
@@ -1130,6 +1159,7 @@ def prepare(config: PrepareConfig) -> PrepareReport:
                 prefix, suffix = separator, []
 
             splits: dict[str, dict[str, Any]] = {}
+            workers = encode_workers()
             for plan in run.plans:
                 stats = SplitStats()
                 writer = SplitWriter(
@@ -1141,11 +1171,13 @@ def prepare(config: PrepareConfig) -> PrepareReport:
                     suffix=suffix,
                     line_by_line=config.line_by_line,
                     block_size=config.block_size,
+                    workers=workers,
                 )
                 progress.start(plan.name, run._plan_bytes(plan))
-                for batch in run._documents(plan, stats=stats, progress=progress, hashing=True):
-                    writer.add(batch)
-                writer.close()
+                with tokenizer_threads(parallel=False):
+                    for batch in run._documents(plan, stats=stats, progress=progress, hashing=True):
+                        writer.add(batch)
+                    writer.close()
                 if writer.tokens == 0 and plan.name == "validation" and config.validation_split is not None:
                     fraction = config.validation_split
                     raise UsageError(

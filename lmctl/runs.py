@@ -156,7 +156,8 @@ def write_png(run_dirs: list[Path], path: str | Path) -> Path:
         if metric == "perplexity":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # an empty panel (ELECTRA has no train perplexity) gets no legend
+            ax.legend(fontsize=8)
     fig.suptitle(", ".join(r.name for r in run_dirs))
     fig.tight_layout()
     out = Path(path)

@@ -329,6 +329,12 @@ class Trainer:
         self.n_params = count_parameters(model)
         self.precision = resolve_precision(config.precision, state.device, self.n_params)
         mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[self.precision]
+        # AcceleratorState is a process-wide singleton that refuses a second, different
+        # mixed_precision: forget the previous run's settings (the process layout is kept), so
+        # train() can run again in the same process (notebooks, tests) with another precision.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()
         self.accelerator = Accelerator(
             cpu=self.use_cpu,
             mixed_precision=mixed, log_with=report_to or None, project_dir=str(self.out) if report_to else None
@@ -706,27 +712,41 @@ class Trainer:
         final = None
         if self.is_main:
             assert tmp is not None
-            model = acc.unwrap_model(self.model)
-            self.family.save(model, self.tokenizer, tmp)
-            ckpt.save_optimizer(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer, tmp)
-            state = {
-                "step": step,
-                "samples_seen": step * self.global_batch,
-                "accumulation_phase": 0,
-                "world_size": self.world,
-                "best_eval_loss": self.best_eval_loss,
-                "best_step": self.best_step,
-                "evals_without_improvement": self.evals_without_improvement,
-                "fingerprint": self.fingerprint,
-                "lmctl_version": library_versions().get("lmctl"),
-            }
-            (tmp / ckpt.STATE_FILE).write_text(json.dumps(state, indent=2))
-            final = ckpt.commit(tmp, self.out, step)
+            try:
+                self._write_checkpoint(tmp, step)
+                final = ckpt.commit(tmp, self.out, step)
+            except OSError as exc:
+                # A failed save (disk full, quota, I/O error) must not touch the previous checkpoints.
+                shutil.rmtree(tmp, ignore_errors=True)
+                previous = ckpt.list_checkpoints(self.out)
+                kept = f"; {previous[-1][1]} is intact" if previous else ""
+                raise LmctlError(
+                    f"could not save the checkpoint of step {step} ({exc.strerror or exc}){kept}: "
+                    "free some disk space and resume with --resume auto"
+                ) from None
             protect = {self.best_step} if self.best_step else set()
             ckpt.prune(self.out, self.config.keep_last, protect)
             self._callback("on_save", {"step": step, "path": str(final)})
         acc.wait_for_everyone()
         return final
+
+    def _write_checkpoint(self, tmp: Path, step: int) -> None:
+        self.family.save(self.accelerator.unwrap_model(self.model), self.tokenizer, tmp)
+        optimizer = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+        ckpt.save_optimizer(optimizer, tmp)
+        state = {
+            "step": step,
+            "samples_seen": step * self.global_batch,
+            "accumulation_phase": 0,  # checkpoints are taken between optimizer steps only
+            "world_size": self.world,
+            "best_eval_loss": self.best_eval_loss,
+            "best_step": self.best_step,
+            "evals_without_improvement": self.evals_without_improvement,
+            "fingerprint": self.fingerprint,
+            "lmctl_version": library_versions().get("lmctl"),
+        }
+        # Written last: a checkpoint counts as complete only with its trainer_state.json.
+        (tmp / ckpt.STATE_FILE).write_text(json.dumps(state, indent=2))
 
     def save_final(self, result: TrainResult) -> None:
         """The final model as a plain Hugging Face directory in OUT, plus the model card."""
@@ -737,9 +757,16 @@ class Trainer:
         tmp = self.out / f".final-tmp-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
-        self.family.save(acc.unwrap_model(self.model), self.tokenizer, tmp)
-        (tmp / "README.md").write_text(model_card(self, result))
-        ckpt.fsync_tree(tmp)
+        try:
+            self.family.save(acc.unwrap_model(self.model), self.tokenizer, tmp)
+            (tmp / "README.md").write_text(model_card(self, result))
+            ckpt.fsync_tree(tmp)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise LmctlError(
+                f"could not save the final model to {self.out} ({exc.strerror or exc}); the checkpoints are intact: "
+                "free some disk space and resume with --resume auto"
+            ) from None
         for entry in tmp.iterdir():
             target = self.out / entry.name
             if target.is_dir() and not target.is_symlink():

@@ -36,7 +36,7 @@ class TrainConfig:
     model_config: list[str] = opt([], "Model config override KEY=VALUE (repeatable), e.g. n_layer=4.")
     preset: str | None = opt(None, "Model size preset for --from-scratch: tiny (2 layers, 32 wide) or small (4 layers, 128 wide).")
     # --- data preparation (raw files are prepared implicitly and cached) -----------------------
-    tokenizer: str | None = opt(None, "Tokenizer: a directory or hub id, or a trainer (bytelevel-bpe, bpe, wordpiece, unigram, char). Default: the model's own; from scratch: the family's trainer.")
+    tokenizer: str | None = opt(None, "Tokenizer: a directory or hub id, or a trainer (bytelevel-bpe, bpe, wordpiece, unigram, char, word). Default: the model's own; from scratch: the family's trainer.")
     vocab_size: int = opt(8192, "Vocabulary size when a tokenizer is trained.")
     document_split: str | None = opt(None, "What a document is in text files: lines, blank-lines (default) or file.")
     line_by_line: bool = opt(False, "One example per line (padded), instead of packing documents into blocks.")

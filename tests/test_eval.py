@@ -48,7 +48,7 @@ def causal_run(tmp_path_factory, tokenizer_for):
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
     model.train()
-    for _ in range(60):
+    for _ in range(40):
         batch = blocks[torch.randint(len(blocks), (8,), generator=generator)]
         model(input_ids=batch, labels=batch).loss.backward()
         optimizer.step()
@@ -226,12 +226,33 @@ def test_default_family_evaluate_is_token_weighted_compute_loss(causal_run):
     assert rel(result["loss"], total / count) < 1e-5
 
 
+def test_bf16_perplexity_close_to_fp32(causal_run):
+    import torch
+
+    from lmctl.evaluate import evaluate_model
+    from lmctl.precision import autocast_context
+    from lmctl.prepared import PreparedData
+
+    model_dir, prepared, _ = causal_run
+    family, model, tokenizer = load(model_dir)
+    split = PreparedData(prepared).split("validation")
+    fp32 = evaluate_model(model, family, tokenizer, split, block_size=32)
+    bf16 = evaluate_model(
+        model, family, tokenizer, split, block_size=32, autocast=lambda: autocast_context("bf16", torch.device("cpu"))
+    )
+    assert fp32["perplexity"] != bf16["perplexity"]  # bf16 really ran
+    assert rel(bf16["perplexity"], fp32["perplexity"]) < 0.005
+
+
 # --- done-when 3: padding never enters the loss ---------------------------------------------------
 
 
-def write_line_by_line(out: Path, tokenizer, family_name: str, lines: list[str], block_size: int = 32) -> Path:
+def write_line_by_line(
+    out: Path, tokenizer, family_name: str, lines: list[str], block_size: int = 32, separator: bool = True
+) -> Path:
     """A line-by-line prepared directory as lmctl/prepared.py specifies: one example per line
-    (the tokenizer's own special tokens, else the separator first), with n + 1 offsets."""
+    (the tokenizer's own special tokens, else the separator first: ``separator=False`` leaves it
+    out, as data written by other tools may), with n + 1 offsets."""
     from lmctl.plugins import get_family
     from lmctl.prepared import FORMAT_NAME, FORMAT_VERSION
 
@@ -241,7 +262,7 @@ def write_line_by_line(out: Path, tokenizer, family_name: str, lines: list[str],
     examples = []
     for line in lines:
         ids = tokenizer(line)["input_ids"]
-        if not tokenizer.all_special_ids or ids[0] not in tokenizer.all_special_ids:
+        if separator and ids[0] not in tokenizer.all_special_ids:
             ids = family.document_separator(tokenizer) + ids
         examples.append(ids[:block_size])
     flat = [t for e in examples for t in e]
@@ -285,7 +306,10 @@ def short_lines(n: int = 40) -> list[str]:
     return lines
 
 
-def test_causal_padding_never_counted(causal_run, tmp_path):
+@pytest.mark.parametrize("separator", [True, False])
+def test_causal_padding_never_counted(causal_run, tmp_path, separator):
+    """Many short lines batched with padding give the NLL of the lines one by one, unpadded.
+    Examples stored without a leading separator are scored with one (the BOS starts the text)."""
     import torch
 
     from lmctl.evaluate import evaluate_model
@@ -294,12 +318,14 @@ def test_causal_padding_never_counted(causal_run, tmp_path):
     model_dir, _, _ = causal_run
     family, model, tokenizer = load(model_dir)
     lines = short_lines()
-    prepared = write_line_by_line(tmp_path / "lines", tokenizer, "causal", lines)
+    prepared = write_line_by_line(tmp_path / "lines", tokenizer, "causal", lines, separator=separator)
     split = PreparedData(prepared).split("validation")
     batched = evaluate_model(model, family, tokenizer, split, block_size=32, batch_size=8)
     total, count = 0.0, 0
     for i in range(split.num_blocks(32)):  # each line alone, unpadded
-        ids = torch.from_numpy(np.asarray(split.example(i, 32), dtype=np.int64))[None]
+        example = [int(t) for t in split.example(i, 32)]
+        assert (example[0] == tokenizer.eos_token_id) == separator
+        ids = torch.tensor([tokenizer.eos_token_id] * (not separator) + example)[None]
         with torch.no_grad():
             total += model(input_ids=ids, labels=ids).loss.item() * (ids.shape[1] - 1)
         count += ids.shape[1] - 1
@@ -321,9 +347,9 @@ def test_masked_padding_never_counted(masked_model, tmp_path):
     from lmctl.prepared import PreparedData
 
     family, model, tokenizer = load(masked_model)
-    prepared = write_line_by_line(tmp_path / "lines", tokenizer, "masked", short_lines())
-    split = PreparedData(prepared).split("validation")
-    for pseudo in (False, True):
+    for pseudo, n_lines in ((False, 40), (True, 12)):  # pseudo-perplexity: one forward per token
+        prepared = write_line_by_line(tmp_path / f"lines{n_lines}", tokenizer, "masked", short_lines(n_lines))
+        split = PreparedData(prepared).split("validation")
         batched = evaluate_model(model, family, tokenizer, split, block_size=32, batch_size=8, pseudo_perplexity=pseudo)
         alone = evaluate_model(model, family, tokenizer, split, block_size=32, batch_size=1, pseudo_perplexity=pseudo)
         assert batched["tokens"] == alone["tokens"] > 0
@@ -467,9 +493,8 @@ def test_roc_auc_matches_pairwise_definition():
 
 
 def test_electra_metrics(tiny_model_dir, tmp_path):
-    import torch
 
-    from lmctl.evaluate import evaluate_model, roc_auc
+    from lmctl.evaluate import evaluate_model
     from lmctl.prepared import PreparedData
 
     family, model, tokenizer = load(tiny_model_dir("electra"))
@@ -583,6 +608,28 @@ def test_cli_errors(causal_run, masked_model, tmp_path):
 
     too_long = run_cli("--model", str(model_dir), "--data", str(prepared), "--block-size", "65")
     assert too_long.exit_code == 2 and "64" in too_long.stderr
+
+
+def test_cli_usage_errors(causal_run):
+    model_dir, prepared, _ = causal_run
+    pseudo = run_cli("--model", str(model_dir), "--data", str(prepared), "--pseudo-perplexity")
+    assert pseudo.exit_code == 2 and "masked models" in pseudo.stderr
+    stride = run_cli("--model", str(model_dir), "--data", str(prepared), "--stride", "40")
+    assert stride.exit_code == 2 and "--stride" in stride.stderr
+    precision = run_cli("--model", str(model_dir), "--data", str(prepared), "--precision", "fp8")
+    assert precision.exit_code == 2 and "--precision" in precision.stderr
+
+
+def test_default_block_size():
+    from lmctl.evaluate import EvalConfig, resolve_block_size
+
+    config = EvalConfig(models=["m"], data=["d"])
+    assert resolve_block_size(config, [1024], 128) == 128  # the data's block size
+    assert resolve_block_size(config, [64, 1024], 128) == 64  # capped by the smallest model
+    assert resolve_block_size(config, [None], 256) == 256  # XLNet: no position limit
+    assert resolve_block_size(config, [131072], None) == 1024  # raw text: at most 1024
+    assert resolve_block_size(config, [None], None) == 512
+    assert resolve_block_size(EvalConfig(models=["m"], data=["d"], block_size=48), [64], 128) == 48
 
 
 def test_cli_electra_without_generator_is_refused(tiny_model_dir, tmp_path):

@@ -298,8 +298,28 @@ def test_long_prompts_are_cut_from_the_left_or_refused(causal):
             [long_prompt],
             GenerationSettings(max_new_tokens=10, truncate=False),
         )
-    with pytest.raises(UsageError, match="--max-new-tokens 63 or less"):
-        generate_text(causal.model, causal.tokenizer, ["hi"], GenerationSettings(max_new_tokens=64))
+    with pytest.raises(UsageError, match="more than the model's 64-token context"):
+        generate_text(
+            causal.model, causal.tokenizer, ["hi"], GenerationSettings(max_new_tokens=64, truncate=False)
+        )
+
+
+def test_more_new_tokens_than_the_context_slide_a_window(causal):
+    """64 positions, 80 new tokens: steps of 32, 32 and 16, each reading the latest tokens."""
+    from lmctl.generate import GenerationSettings, continuation_text, encode_prompt, generate_text
+
+    prompt = encode_prompt(causal.tokenizer, PROMPTS[0])
+    pieces: list[str] = []
+    settings = GenerationSettings(greedy=True, max_new_tokens=80, min_new_tokens=80)
+    result = generate_text(causal.model, causal.tokenizer, [PROMPTS[0]], settings, on_text=pieces.append)[0]
+    seq = list(prompt)
+    for step in (32, 32, 16):  # each call: the last 64 - step tokens in, step tokens out
+        seq += _direct_greedy(causal, seq[-(64 - step) :], step)
+    assert (result.tokens, result.finish_reason) == (80, "length")
+    assert result.text == continuation_text(causal.tokenizer, prompt, seq[len(prompt) :])
+    assert "".join(pieces) == result.text
+    sampled = GenerationSettings(max_new_tokens=70, min_new_tokens=70, seed=0, num_return_sequences=2)
+    assert [r.tokens for r in generate_text(causal.model, causal.tokenizer, PROMPTS[:2], sampled)] == [70] * 4
 
 
 def test_empty_prompt_starts_from_bos(causal):
@@ -470,7 +490,9 @@ def test_family_flag_overrides_config(tiny_model_dir):
     assert load_model(str(tiny_model_dir("causal")), family="clm", device="cpu").family.name == "causal"
     with pytest.raises(UsageError, match="unknown family 'nope'"):
         load_model(str(tiny_model_dir("causal")), family="nope")
-    result = invoke("--model", str(tiny_model_dir("masked")), "--family", "mlm", "a [MASK]", "--json", "-k", "1")
+    result = invoke(
+        "--model", str(tiny_model_dir("masked")), "--family", "mlm", "a [MASK]", "--json", "-k", "1"
+    )
     assert result.exit_code == 0 and len(json.loads(result.stdout)["masks"][0]) == 1
 
 

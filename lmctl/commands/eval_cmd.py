@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -86,7 +86,14 @@ class _ProgressBar:
 
 def _make_progress() -> Any:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn("{task.description}"),
@@ -152,17 +159,17 @@ def print_table(results: list[dict[str, Any]]) -> None:
 def eval_command(
     model: list[str] = typer.Option(..., "--model", "-m", help="Model directory or Hugging Face id; repeat to compare models side by side."),
     data: list[str] = typer.Option(..., "--data", "-d", help="Raw text file(s) (tokenized with each model's tokenizer) or one prepared directory."),
-    split: Optional[str] = typer.Option(None, "--split", help="Split of a prepared directory (default: validation if present, else train)."),
-    block_size: Optional[int] = typer.Option(None, "--block-size", help="Tokens per window (default: the data's block size capped at the model's positions; raw text: the model's positions)."),
-    stride: Optional[int] = typer.Option(None, "--stride", help="Causal/left-to-right: new tokens scored per window; less than --block-size gives sliding windows with more context (default: the block size)."),
+    split: str | None = typer.Option(None, "--split", help="Split of a prepared directory (default: validation if present, else train)."),
+    block_size: int | None = typer.Option(None, "--block-size", help="Tokens per window (default: the data's block size capped at the model's positions; raw text: the model's positions)."),
+    stride: int | None = typer.Option(None, "--stride", help="Causal/left-to-right: new tokens scored per window; less than --block-size gives sliding windows with more context (default: the block size)."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Windows (or blocks) per forward pass."),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16 (auto: bf16 only where supported and faster)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the masks, permutations and ELECTRA samples: the same seed gives the same number."),
     pseudo_perplexity: bool = typer.Option(False, "--pseudo-perplexity", help="Masked models: mask each token in turn (exact, slow: one forward pass per token)."),
-    max_batches: Optional[int] = typer.Option(None, "--max-batches", help="Stop after N batches: a quick estimate (bits per byte is then not reported)."),
+    max_batches: int | None = typer.Option(None, "--max-batches", help="Stop after N batches: a quick estimate (bits per byte is then not reported)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per model per line instead of a table."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the results to FILE as JSON Lines (one object per model)."),
-    family: Optional[str] = typer.Option(None, "--family", help="Family to use instead of the one read from config.json."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the results to FILE as JSON Lines (one object per model)."),
+    family: str | None = typer.Option(None, "--family", help="Family to use instead of the one read from config.json."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     line_by_line: bool = typer.Option(False, "--line-by-line", help="Raw text files: one example per line (each scored on its own)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow models whose code lives in their repository."),

@@ -264,7 +264,8 @@ def generate_command(
         None,
         "--max-new-tokens",
         "-n",
-        help="Tokens to generate per result (default: the model's generation_config, else 50).",
+        help="Tokens to generate per result (default: the model's generation_config, else 50); "
+        "past the model's context a sliding window keeps the latest tokens.",
         rich_help_panel=_SAMPLING,
         show_default=False,
     ),
@@ -338,7 +339,8 @@ def generate_command(
     no_truncate: bool = typer.Option(
         False,
         "--no-truncate",
-        help="Refuse prompts longer than the model's context instead of keeping their end.",
+        help="Refuse a prompt that, with --max-new-tokens, exceeds the model's context (default: keep the "
+        "prompt's end and slide a window over the text).",
         rich_help_panel=_OUTPUT,
     ),
     json_lines: bool = typer.Option(

@@ -41,10 +41,10 @@ def prepare_command(
     ),
     tokenizer: str = typer.Option(
         None, "--tokenizer", metavar="PATH_OR_NAME",
-        help="Train one: bpe, bytelevel-bpe, wordpiece, unigram, char (or a plugin's); or reuse a tokenizer "
+        help="Train one: bpe, bytelevel-bpe, wordpiece, unigram, char, word (or a plugin's); or reuse a tokenizer "
         "or model directory, or a Hub id. Default: the family's usual trainer.",
     ),
-    vocab_size: int = typer.Option(8192, "--vocab-size", help="Vocabulary size of a trained tokenizer (an upper bound for char)."),
+    vocab_size: int = typer.Option(8192, "--vocab-size", help="Vocabulary size of a trained tokenizer (an upper bound for char and word)."),
     family: str = typer.Option(
         None, "--family", help="causal, masked, permuted, electra (or a plugin's): picks special tokens and the "
         "document separator. Default: the model's family when --tokenizer is a model directory, else causal.",

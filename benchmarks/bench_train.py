@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""Benchmark ``lmctl train`` against the classic recipe and the nanoGPT reference run.
+
+    python benchmarks/bench_train.py [--repeats 3] [--steps 150] [--skip-nanogpt] [--skip-scaling]
+                                     [--out benchmarks/results/train.md]
+
+All side by side on this machine, each command a separate process (wall time and peak RSS of that
+process via wait4):
+
+1. **Throughput vs the Trainer recipe**: ``seed_pipeline.py train`` (datasets + transformers.Trainer,
+   fp32 defaults) and ``lmctl train`` with its default settings on the same corpus
+   (tinyshakespeare + WikiText-2 valid), the same byte-level BPE tokenizer (vocab 4096, trained once
+   by ``lmctl prepare``), the same model shape (gpt2, 4 layers, 4 heads, 128 wide, block 128, batch
+   16) and the same number of steps; interleaved, medians of ``--repeats``.  Throughput is tokens
+   per second of optimizer steps: the seed's figure is its own (steps x batch x block / the
+   Trainer's ``train()`` time), lmctl's comes from ``run.json`` (the loop after its first step).
+   Also: lmctl's final loss with ``--precision auto`` vs ``--precision fp32`` (must stay within 2%),
+   and peak RSS of both pipelines.
+2. **nanoGPT reference** (shakespeare-char): the whole ``lmctl train`` process (implicit prepare with
+   a char tokenizer, 2000 steps, final evaluation of the full validation split) against nanoGPT's
+   ``train.py`` figure measured on this machine class (59.4 s, val loss 1.8857; see
+   ../shared/bench/README.md).
+3. **Scaling**: tokens/s and peak RSS of ``lmctl train`` for about 1M, 10M and 50M parameters at
+   block sizes 128 and 512 (a few steps each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, SHARED, build_corpus, machine, run_measured, versions  # noqa: E402
+
+SEED = SHARED / "bench" / "seed_pipeline.py"
+SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
+NANOGPT_SECONDS = 59.4  # nanoGPT train.py, whole process, measured on this machine class
+NANOGPT_VAL_LOSS = 1.8857
+
+NANOGPT_ARGS = [
+    "--model", "gpt2", "--from-scratch", "--model-config", "n_layer=4", "--model-config", "n_head=4",
+    "--model-config", "n_embd=128", "--tokenizer", "char", "--validation-split", "0.1", "--document-split", "file",
+    "--block-size", "64", "--batch-size", "12", "--dropout", "0", "--max-steps", "2000", "--lr", "1e-3",
+    "--min-lr", "1e-4", "--warmup-steps", "100", "--weight-decay", "0.1", "--beta2", "0.99", "--grad-clip", "1.0",
+    "--eval-every", "250", "--eval-batches", "20", "--save-every", "0", "--log-every", "100",
+]  # fmt: skip
+
+
+def lmctl(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lmctl", *args]
+
+
+def run_record(out: Path) -> dict:
+    return json.loads((out / "run.json").read_text())
+
+
+def final_train_loss(out: Path) -> float:
+    return run_record(out)["result"]["final_train_loss"]
+
+
+def throughput(args: argparse.Namespace, work: Path) -> list[str]:
+    corpus = work / "corpus.txt"
+    build_corpus(corpus, 2.0)  # ~2 MB: enough for every step without repeating an epoch
+    data = work / "prepared"
+    run_measured(lmctl("prepare", "--train", str(corpus), "--tokenizer", "bytelevel-bpe", "--vocab-size", "4096",
+                       "--block-size", "128", "--out", str(data), "--force"))  # fmt: skip
+    tokenizer = data / "tokenizer"
+    shape = ["--model", "gpt2", "--from-scratch", "--model-config", "n_layer=4", "--model-config", "n_head=4",
+             "--model-config", "n_embd=128", "--block-size", "128", "--batch-size", "16", "--lr", "1e-3",
+             "--max-steps", str(args.steps), "--eval-every", "0", "--save-every", "0", "--quiet"]  # fmt: skip
+    rows: dict[str, list[dict]] = {"seed": [], "lmctl": [], "lmctl-fp32": []}
+    for repeat in range(args.repeats):
+        seed = run_measured([sys.executable, str(SEED), "train", "--text", str(corpus), "--tokenizer", str(tokenizer),
+                             "--steps", str(args.steps)])  # fmt: skip
+        figures = json.loads(seed["stdout"].strip().splitlines()[-1])
+        rows["seed"].append({**seed, "tokens_per_s": figures["tokens_per_s"], "loss": figures["train_loss"]})
+        for name, extra in (("lmctl", []), ("lmctl-fp32", ["--precision", "fp32"])):
+            out = work / f"{name}-{repeat}"
+            result = run_measured(lmctl("train", *shape, "--train", str(data), "--out", str(out), *extra))
+            record = run_record(out)
+            rows[name].append(
+                {**result, "tokens_per_s": record["result"]["tokens_per_s"], "loss": final_train_loss(out),
+                 "precision": record["resolved"]["precision"]}  # fmt: skip
+            )
+    med = {name: {k: statistics.median(r[k] for r in runs) for k in ("tokens_per_s", "seconds", "peak_rss_mib", "loss")}
+           for name, runs in rows.items()}  # fmt: skip
+    ratio = med["lmctl"]["tokens_per_s"] / med["seed"]["tokens_per_s"]
+    loss_gap = abs(med["lmctl"]["loss"] - med["lmctl-fp32"]["loss"]) / med["lmctl-fp32"]["loss"]
+    precision = rows["lmctl"][0]["precision"]
+    cmd = (f"python benchmarks/bench_train.py --repeats {args.repeats} --steps {args.steps}")
+    lines = [
+        "## Training throughput vs the classic Trainer recipe",
+        "",
+        f"Command: `{cmd}`. gpt2 4 layers / 4 heads / 128 wide, vocab 4096 (byte-level BPE), block 128, batch 16, "
+        f"{args.steps} steps, medians of {args.repeats} interleaved runs. lmctl defaults resolved to precision **{precision}**.",
+        "",
+        "| pipeline | tokens/s | whole process (s) | peak RSS (MiB) | final train loss |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, label in (("seed", "seed_pipeline.py train (Trainer, fp32)"), ("lmctl", "lmctl train (defaults)"),
+                        ("lmctl-fp32", "lmctl train --precision fp32")):  # fmt: skip
+        m = med[name]
+        lines.append(f"| {label} | {m['tokens_per_s']:,.0f} | {m['seconds']:.1f} | {m['peak_rss_mib']:.0f} | {m['loss']:.4f} |")
+    lines += [
+        "",
+        f"* lmctl / seed throughput: **{ratio:.2f}x** (target >= 1.6x: {'met' if ratio >= 1.6 else 'NOT met'}).",
+        f"* final loss, lmctl defaults vs fp32: {loss_gap * 100:.2f}% apart (target <= 2%: {'met' if loss_gap <= 0.02 else 'NOT met'}). "
+        "(The seed's loss column is the Trainer's mean over all steps, not comparable.)",
+        f"* peak RSS, lmctl vs seed: {med['lmctl']['peak_rss_mib']:.0f} vs {med['seed']['peak_rss_mib']:.0f} MiB "
+        f"(target: no higher: {'met' if med['lmctl']['peak_rss_mib'] <= med['seed']['peak_rss_mib'] else 'NOT met'}).",
+        "",
+    ]
+    return lines
+
+
+def nanogpt(args: argparse.Namespace, work: Path) -> list[str]:
+    runs = []
+    for repeat in range(args.repeats):
+        out = work / f"nano-{repeat}"
+        result = run_measured(lmctl("train", *NANOGPT_ARGS, "--train", str(SHAKESPEARE), "--out", str(out), "--quiet"))
+        record = run_record(out)
+        runs.append({**result, "val_loss": record["result"]["final_eval"]["loss"],
+                     "tokens_per_s": record["result"]["tokens_per_s"]})  # fmt: skip
+    seconds = statistics.median(r["seconds"] for r in runs)
+    val = statistics.median(r["val_loss"] for r in runs)
+    ms_per_iter = 12 * 64 / statistics.median(r["tokens_per_s"] for r in runs) * 1000
+    command = "lmctl train --train ../shared/data/tinyshakespeare.txt --out runs/nano " + " ".join(NANOGPT_ARGS)
+    return [
+        "## nanoGPT reference run (shakespeare-char)",
+        "",
+        f"Command (whole process timed: implicit prepare with a char tokenizer, 2000 steps, final evaluation of the "
+        f"full validation split; medians of {args.repeats}):",
+        "",
+        f"```bash\n{command}\n```",
+        "",
+        "| run | wall time (s) | validation loss | ms/iter |",
+        "| --- | --- | --- | --- |",
+        f"| nanoGPT train.py (reference, ../shared/bench/README.md) | {NANOGPT_SECONDS} | {NANOGPT_VAL_LOSS} | ~26 |",
+        f"| lmctl train | {seconds:.1f} | {val:.4f} | {ms_per_iter:.1f} |",
+        "",
+        f"* validation loss {val:.4f} (target <= 1.89: {'met' if val <= 1.89 else 'NOT met'}); "
+        f"wall time {seconds / NANOGPT_SECONDS:.2f}x nanoGPT's (target <= 1.0x: {'met' if seconds <= NANOGPT_SECONDS else 'NOT met'}).",
+        f"* runs: {', '.join(f'{r['seconds']:.1f} s / {r['val_loss']:.4f}' for r in runs)}",
+        "",
+    ]
+
+
+def scaling(args: argparse.Namespace, work: Path) -> list[str]:
+    corpus = work / "corpus.txt"
+    if not corpus.exists():
+        build_corpus(corpus, 2.0)
+    data = work / "prepared-scaling"
+    run_measured(lmctl("prepare", "--train", str(corpus), "--tokenizer", "bytelevel-bpe", "--vocab-size", "4096",
+                       "--out", str(data), "--force"))  # fmt: skip
+    shapes = {"~1M": ("4", "4", "128"), "~10M": ("6", "6", "384"), "~50M": ("8", "8", "704")}
+    lines = [
+        "## Scaling (lmctl train, defaults)",
+        "",
+        f"Command: `python benchmarks/bench_train.py --scaling-steps {args.scaling_steps}` (gpt2 shapes, vocab 4096, "
+        f"batch 8, {args.scaling_steps} steps; tokens/s after the first step).",
+        "",
+        "| model | parameters | block | precision | tokens/s | peak RSS (MiB) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, (layers, heads, width) in shapes.items():
+        for block in (128, 512):
+            out = work / f"scale-{name}-{block}"
+            result = run_measured(lmctl(
+                "train", "--model", "gpt2", "--from-scratch", "--model-config", f"n_layer={layers}",
+                "--model-config", f"n_head={heads}", "--model-config", f"n_embd={width}", "--train", str(data),
+                "--block-size", str(block), "--batch-size", "8", "--max-steps", str(args.scaling_steps),
+                "--eval-every", "0", "--save-every", "0", "--quiet", "--out", str(out)))  # fmt: skip
+            record = run_record(out)
+            params = record["resolved"]["parameters"]
+            lines.append(f"| {name} | {params / 1e6:.1f}M | {block} | {record['resolved']['precision']} | "
+                         f"{record['result']['tokens_per_s']:,.0f} | {result['peak_rss_mib']:.0f} |")  # fmt: skip
+    lines.append("")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--scaling-steps", type=int, default=4)
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-nanogpt", action="store_true")
+    parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train.md")
+    args = parser.parse_args(argv)
+    if not SEED.exists() or not SHAKESPEARE.exists():
+        print(f"skipped: {SHARED} is not available", file=sys.stderr)
+        return 0
+    lines = [f"<!-- {datetime.date.today()} on {machine()}; {versions()} -->", ""]
+    with tempfile.TemporaryDirectory(prefix="lmctl-bench-train-") as tmp:
+        work = Path(tmp)
+        if not args.skip_throughput:
+            lines += throughput(args, work)
+        if not args.skip_nanogpt:
+            lines += nanogpt(args, work)
+        if not args.skip_scaling:
+            lines += scaling(args, work)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

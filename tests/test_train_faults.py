@@ -1,0 +1,117 @@
+"""Crash safety: a failed save keeps the previous checkpoint; SIGKILL at any moment, including in
+the middle of a checkpoint save, never stops --resume auto from finishing like an uninterrupted run."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO, corpus_text, write_prepared
+
+
+def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, tokenizer_for, monkeypatch):
+    import transformers
+
+    import lmctl.checkpoint as ckpt
+    from lmctl.errors import LmctlError
+    from lmctl.train import train
+    from lmctl.train_config import TrainConfig
+
+    prepared = write_prepared(tmp_path / "data", tokenizer_for("causal"), "causal", corpus_text(20_000))
+    real = ckpt.save_optimizer
+    calls = {"n": 0}
+
+    def save_optimizer(optimizer, path):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint hits a full disk halfway through
+            raise OSError(errno.ENOSPC, "No space left on device", str(path / "optimizer.safetensors"))
+        real(optimizer, path)
+
+    monkeypatch.setattr(ckpt, "save_optimizer", save_optimizer)
+    config = TrainConfig(
+        model="gpt2", from_scratch=True, preset="tiny", train=[str(prepared)], out=str(tmp_path / "run"),
+        max_steps=10, batch_size=4, block_size=32, save_every=3, eval_every=0,
+    )  # fmt: skip
+    with pytest.raises(LmctlError, match=r"step 6 \(No space left on device\).*step-3 is intact"):
+        train(config, quiet=True)
+    root = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step-3"]  # no half-written leftovers
+    transformers.AutoModelForCausalLM.from_pretrained(root / "step-3")
+    assert json.loads((root / "step-3" / "trainer_state.json").read_text())["step"] == 3
+
+    # The error reaches the CLI as one line with exit code 1.
+    from typer.testing import CliRunner
+
+    from lmctl.cli import app
+
+    calls["n"] = 1
+    result = CliRunner().invoke(app, ["train", "--train", str(prepared), "--model", "gpt2", "--from-scratch", "--preset", "tiny",
+                                      "--out", str(tmp_path / "run"), "--max-steps", "10", "--batch-size", "4", "--block-size", "32",
+                                      "--save-every", "3", "--eval-every", "0", "--resume", "auto", "--quiet"])  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output.count("error:") == 1 and "Traceback" not in result.output
+
+
+def final_step_loss(out):
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [e for e in events if "train/loss" in e][-1]
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path, tokenizer_for):
+    prepared = write_prepared(tmp_path / "data", tokenizer_for("causal"), "causal", corpus_text(30_000))
+    args = ["-m", "lmctl", "train", "--model", "gpt2", "--from-scratch", "--preset", "tiny", "--train", str(prepared),
+            "--max-steps", "40", "--batch-size", "4", "--block-size", "32", "--log-every", "1", "--save-every", "2",
+            "--keep-last", "2", "--eval-every", "0", "--dropout", "0.1", "--quiet"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, *args, "--out", str(tmp_path / "ref")], check=True, env=env, timeout=600)
+
+    out = tmp_path / "faulty"
+    rng = random.Random(0)
+    kills = during_save = 0
+    for attempt in range(40):
+        has_checkpoint = (out / "checkpoints").is_dir() and any(
+            (p / "trainer_state.json").is_file() for p in (out / "checkpoints").glob("step-*")
+        )
+        cmd = [sys.executable, *args, "--out", str(out)] + (["--resume", "auto"] if has_checkpoint else [])
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if kills < 10:
+            if kills % 2:  # wait for a checkpoint being written, then kill inside the save
+                deadline = time.time() + 60
+                while time.time() < deadline and proc.poll() is None:
+                    if any(p.name.startswith(".tmp-step-") for p in (out / "checkpoints").glob(".tmp-*")):
+                        break
+                    time.sleep(0.0005)
+            else:
+                time.sleep(rng.uniform(2.0, 8.0))  # start-up, training, saving: anywhere
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                if any(p.name.startswith(".tmp-") for p in (out / "checkpoints").glob(".tmp-*")):
+                    during_save += 1
+                continue
+        _, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr.decode()[-2000:]
+        if json.loads((out / "run.json").read_text())["status"] == "finished":
+            break
+    assert kills == 10
+    assert during_save >= 3, "the test must kill some runs in the middle of a checkpoint save"
+    reference, resumed = final_step_loss(tmp_path / "ref"), final_step_loss(out)
+    assert resumed["step"] == reference["step"] == 40
+    assert resumed["train/loss"] == pytest.approx(reference["train/loss"], abs=1e-5)
+
+    import torch
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "ref" / "model.safetensors"), load_file(out / "model.safetensors")
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
