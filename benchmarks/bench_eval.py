@@ -223,9 +223,9 @@ def markdown(f: dict) -> str:
             f"- lmctl / plain loop: stride 128 **{f['ratio_stride_128']:.3f}x**, stride 64 **{f['ratio_stride_64']:.3f}x** "
             "(target >= 0.95x); the total NLL of both sides agrees to 1e-5",
             f"- perplexity fp32 {f['perplexity_fp32']:.4f}, bf16 {f['perplexity_bf16']:.4f}: relative difference "
-            f"**{100 * f['bf16_relative_difference']:.3f}%** (target < 0.5%); bf16 speed {f['bf16_speedup']:.2f}x fp32; "
+            f"**{100 * f['bf16_relative_difference']:.2g}%** (target < 0.5%); bf16 speed {f['bf16_speedup']:.2f}x fp32; "
             f"`--precision auto` picks {f['auto_precision']} for this model",
-            f"- stride 64 perplexity {f['perplexity_stride_64']:.4f} (more context than stride 128); "
+            f"- stride 64 perplexity {f['perplexity_stride_64']:.4f} (every token sees at least 65 tokens of context); "
             f"bits per byte {f['bits_per_byte']:.4f}",
             "",
         ]

@@ -105,25 +105,40 @@ def main() -> None:
     )  # fmt: skip
     tok.padding_side = "left"
 
-    def direct(batch: list[str]) -> float:
+    inside = [0.0]  # seconds spent inside model.generate, to isolate lmctl's own overhead
+    real_generate = model.generate
+
+    def timed_generate(*a, **kw):
+        began = time.perf_counter()
+        try:
+            return real_generate(*a, **kw)
+        finally:
+            inside[0] += time.perf_counter() - began
+
+    model.generate = timed_generate
+
+    def direct(batch: list[str]) -> tuple[float, float]:
         enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
         torch.manual_seed(0)
         began = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(**enc, **gen_kwargs)
+            out = real_generate(**enc, **gen_kwargs)
         seconds = time.perf_counter() - began
         assert out.shape[1] - enc["input_ids"].shape[1] == new
-        return seconds
+        return seconds, 0.0
 
-    def lmctl(batch: list[str], s: GenerationSettings = settings, stream: bool = False) -> float:
+    def lmctl(
+        batch: list[str], s: GenerationSettings = settings, stream: bool = False
+    ) -> tuple[float, float]:
         sink: list[str] = []
+        inside[0] = 0.0
         began = time.perf_counter()
         results = generate_text(model, tok, batch, s, on_text=sink.append if stream else None)
         seconds = time.perf_counter() - began
         assert all(r.tokens == new for r in results) and len(results) == len(batch)
         if stream:
             assert "".join(sink) == results[0].text
-        return seconds
+        return seconds, seconds - inside[0]
 
     cases = {
         "direct_1": lambda: direct(prompts[:1]),
@@ -136,25 +151,40 @@ def main() -> None:
     for fn in cases.values():  # warm-up: allocator, kernels, stop/EOS tables
         fn()
     times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(args.runs):  # interleaved, so load from other processes hits every case alike
-        for name, fn in cases.items():
-            times[name].append(fn())
+    overhead: dict[str, list[float]] = {name: [] for name in cases}
+    for run in range(args.runs):
+        # Interleaved, in alternating order, so load from other processes hits every case alike.
+        for name in list(cases) if run % 2 == 0 else list(reversed(cases)):
+            seconds, extra = cases[name]()
+            times[name].append(seconds)
+            overhead[name].append(extra)
     median = {name: statistics.median(v) for name, v in times.items()}
-    tokens = {name: new * (1 if name.endswith("_1") or "_1_" in name else 16) for name in cases}
+    tokens = {name: new * (16 if "16" in name else 1) for name in cases}
     tps = {name: tokens[name] / median[name] for name in cases}
+
+    def paired(a: str, b: str) -> float:
+        """Median over runs of (b's time / a's time) measured in the same round: robust to drifting load."""
+        return statistics.median(tb / ta for ta, tb in zip(times[a], times[b], strict=True))
+
     figures = {
         "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "runs": args.runs,
         "max_new_tokens": new,
         "prompt_tokens": [len(tok(p)["input_ids"]) for p in prompts],
         "median_seconds": {k: round(v, 4) for k, v in median.items()},
         "tokens_per_s": {k: round(v, 1) for k, v in tps.items()},
+        "lmctl_overhead_ms": {
+            k: round(statistics.median(v) * 1000, 2) for k, v in overhead.items() if k.startswith("lmctl")
+        },
         "ratio_1_prompt": round(tps["lmctl_1"] / tps["direct_1"], 3),
         "ratio_1_prompt_streamed": round(tps["lmctl_1_stream"] / tps["direct_1"], 3),
         "ratio_16_prompts": round(tps["lmctl_16"] / tps["direct_16"], 3),
+        "paired_ratio_1_prompt": round(paired("lmctl_1", "direct_1"), 3),
+        "paired_ratio_1_prompt_streamed": round(paired("lmctl_1_stream", "direct_1"), 3),
+        "paired_ratio_16_prompts": round(paired("lmctl_16", "direct_16"), 3),
         "batch_speedup_16": round(median["lmctl_16_sequential"] / median["lmctl_16"], 2),
     }
     print(json.dumps(figures))
@@ -163,7 +193,7 @@ def main() -> None:
 
 
 def markdown(f: dict) -> str:
-    t, s = f["tokens_per_s"], f["median_seconds"]
+    t, s, o = f["tokens_per_s"], f["median_seconds"], f["lmctl_overhead_ms"]
     rows = [
         ("1 prompt, `model.generate`", "direct_1"),
         ("1 prompt, lmctl (`--json` path)", "lmctl_1"),
@@ -173,16 +203,23 @@ def markdown(f: dict) -> str:
         ("16 prompts one after another, lmctl", "lmctl_16_sequential"),
     ]
     lines = [
-        "| case | median s | tokens/s |",
-        "| --- | ---: | ---: |",
-        *(f"| {label} | {s[key]:.3f} | {t[key]:,.0f} |" for label, key in rows),
+        "| case | median s | tokens/s | lmctl's own time outside `model.generate` (median ms) |",
+        "| --- | ---: | ---: | ---: |",
+        *(
+            f"| {label} | {s[key]:.3f} | {t[key]:,.0f} | {o[key]:.1f} |"
+            if key in o
+            else f"| {label} | {s[key]:.3f} | {t[key]:,.0f} | - |"
+            for label, key in rows
+        ),
     ]
     return "\n".join(
         [
             *lines,
             "",
-            f"- lmctl / direct, 1 prompt: **{f['ratio_1_prompt']:.3f}x** (streamed: {f['ratio_1_prompt_streamed']:.3f}x); "
-            f"16 prompts: **{f['ratio_16_prompts']:.3f}x** (target >= 0.95x)",
+            f"- lmctl / direct tokens/s, 1 prompt: **{f['ratio_1_prompt']:.3f}x** (paired per round: "
+            f"{f['paired_ratio_1_prompt']:.3f}x; streamed: {f['ratio_1_prompt_streamed']:.3f}x, paired "
+            f"{f['paired_ratio_1_prompt_streamed']:.3f}x); 16 prompts: **{f['ratio_16_prompts']:.3f}x** "
+            f"(paired {f['paired_ratio_16_prompts']:.3f}x). Target >= 0.95x.",
             f"- 16-prompt batch vs the same 16 prompts one by one: **{f['batch_speedup_16']:.2f}x faster** (target >= 4x)",
             "",
         ]

@@ -284,6 +284,7 @@ def model_device(model: Any) -> Any:
 def accepts(model: Any, name: str) -> bool:
     import inspect
 
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper takes (*args, **kwargs)
     try:
         return name in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
@@ -794,6 +795,27 @@ def data_hash(split: Any) -> str:
     return digest.hexdigest()[:16]
 
 
+def text_hash(data: Any, split_name: str) -> str | None:
+    """sha256 (16 hex digits) of the source text of a split, independent of the tokenizer: the
+    input files' hashes (from the manifest) and the options that pick the split's part of them.
+    Results of models with different tokenizers on the same text share it.  None when unknown."""
+    import json
+
+    manifest = data.manifest
+    inputs = manifest.get("inputs") or {}
+    hashes = {name: [entry.get("sha256") for entry in entries] for name, entries in inputs.items()}
+    if not hashes or any(h is None for values in hashes.values() for h in values):
+        return None
+    payload = {
+        "inputs": hashes,
+        "split": split_name,
+        "validation_split": (manifest.get("options") or {}).get("validation_split"),
+        "document_split": manifest.get("document_split"),
+        "line_by_line": manifest.get("line_by_line"),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def same_vocabulary(a: Any, b: Any) -> bool:
     return a.get_vocab() == b.get_vocab()
 
@@ -932,6 +954,7 @@ def evaluate(config: EvalConfig, *, progress: Callable[[str], Any] | None = None
         raise UsageError("--split applies to prepared directories; raw text files are evaluated whole")
 
     results = []
+    hashes: dict[tuple[str, str], str] = {}  # (data dir, split) -> data_hash, computed once
     for name, family in zip(config.models, families, strict=True):
         model = _load_model(name, family, config.trust_remote_code)
         family.check_block_size(block_size, model)
@@ -963,6 +986,9 @@ def evaluate(config: EvalConfig, *, progress: Callable[[str], Any] | None = None
         finally:
             if bar is not None:
                 bar.close()
+        key = (str(model_data.path), split.name)
+        if key not in hashes:
+            hashes[key] = data_hash(split)
         results.append(
             {
                 "model": name,
@@ -970,7 +996,8 @@ def evaluate(config: EvalConfig, *, progress: Callable[[str], Any] | None = None
                 "parameters": params,
                 "data": str(model_data.path) if data is not None else [str(f) for f in raw_files],
                 "split": split.name,
-                "data_hash": data_hash(split),
+                "data_hash": hashes[key],
+                "text_hash": text_hash(model_data, split.name),
                 "settings": {
                     "block_size": block_size,
                     "stride": config.stride or block_size,

@@ -23,9 +23,9 @@ The output layout is described in :mod:`lmctl.prepared`.  How it is made:
 
 * Inputs are streamed (text in 512 KiB chunks that end at line breaks; records in batches) and cut
   into documents (:mod:`lmctl.readers`).  Batches of about :data:`BATCH_CHARS` characters of whole
-  documents go to the Rust tokenizer's ``encode_batch_fast`` (parallel over documents, GIL
-  released), so a chunk boundary never changes the token stream.  Token ids are written to the
-  split file as they come; memory does not grow with the corpus.
+  documents go to the Rust tokenizer's ``encode_batch_fast``, one batch per CPU at a time in
+  worker threads (GIL released), so a chunk boundary never changes the token stream.  Token ids
+  are written to the split file in order as they come; memory does not grow with the corpus.
 * Packed data: each document is preceded by the family's separator
   (:meth:`lmctl.families.base.Family.document_separator`) and tokenized without special tokens.
   Line-by-line data: each non-blank line is an example ``prefix + line + suffix`` (the

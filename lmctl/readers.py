@@ -418,6 +418,8 @@ def load_dataset_split(spec: str, default_split: str = "train") -> Any:
     """A ``datasets.Dataset`` from a ``save_to_disk`` directory or a locally cached dataset name."""
     import datasets
 
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()  # prepare shows its own progress
     source, split = split_dataset_spec(spec)
     if is_dataset_dir(source):
         loaded = datasets.load_from_disk(source)
@@ -429,7 +431,6 @@ def load_dataset_split(spec: str, default_split: str = "train") -> Any:
         saved = datasets.config.HF_DATASETS_OFFLINE, hub_constants.HF_HUB_OFFLINE
         datasets.config.HF_DATASETS_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
         try:
-            datasets.logging.set_verbosity_error()
             loaded = datasets.load_dataset(name, config or None)
         except Exception as exc:  # noqa: BLE001 - datasets raises many kinds; all mean "not available"
             raise UsageError(

@@ -327,7 +327,11 @@ class Trainer:
         check_tokenizer_matches(tokenizer, model)
         family.check_block_size(block_size, model)
         self.n_params = count_parameters(model)
-        self.precision = resolve_precision(config.precision, state.device, self.n_params)
+        requested = config.precision
+        launcher_choice = os.environ.get("ACCELERATE_MIXED_PRECISION")  # accelerate launch --mixed_precision / config
+        if requested == "auto" and launcher_choice in ("no", "bf16", "fp16"):
+            requested = {"no": "fp32"}.get(launcher_choice, launcher_choice)
+        self.precision = resolve_precision(requested, state.device, self.n_params)
         mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[self.precision]
         # AcceleratorState is a process-wide singleton that refuses a second, different
         # mixed_precision: forget the previous run's settings (the process layout is kept), so
@@ -809,7 +813,7 @@ class Trainer:
                 "precision": self.precision,
                 "world_size": self.world,
                 "parameters": self.n_params,
-                "data": str(self.data.path),
+                "data": str(self.data.path.resolve()),
                 "data_hash": data_hash(self.data),
             },
             "versions": library_versions(),

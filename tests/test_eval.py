@@ -575,19 +575,32 @@ def test_cli_several_models_in_one_table(causal_run, tiny_model_dir, monkeypatch
     assert "bits per byte" in table and records[0]["data_hash"] == records[1]["data_hash"]
 
 
-def test_cli_raw_text_file(causal_run, tmp_path, monkeypatch):
-    """A text file is prepared with the model's tokenizer; bits per byte uses the file's bytes."""
+def test_cli_raw_text_file(causal_run, tokenizer_for, tmp_path, monkeypatch):
+    """Text files are prepared with each model's own tokenizer; bits per byte divides by the
+    file's UTF-8 bytes, so models with different tokenizers share `bytes` and `text_hash`."""
+    import torch
+
+    from lmctl.plugins import get_family
+    from lmctl.presets import preset_overrides
+
     monkeypatch.setenv("LMCTL_CACHE", str(tmp_path / "cache"))
     model_dir, _, valid_text = causal_run
+    family, char_tokenizer = get_family("causal"), tokenizer_for("causal", "char")
+    torch.manual_seed(0)
+    char_model = family.build_from_scratch("gpt2", tokenizer=char_tokenizer, block_size=64, overrides=preset_overrides("gpt2", "tiny"))
+    family.save(char_model, char_tokenizer, tmp_path / "char-model")
     text_file = tmp_path / "valid.txt"
     text_file.write_text(valid_text, encoding="utf-8")
-    result = run_cli("--model", str(model_dir), "--data", str(text_file), "--json", "--block-size", "32")
+    result = run_cli("--model", str(model_dir), "--model", str(tmp_path / "char-model"), "--data", str(text_file), "--json", "--block-size", "32")
     assert result.exit_code == 0, result.output
-    record = json.loads(result.stdout)
-    assert record["bytes"] == len(valid_text.encode("utf-8"))
-    assert rel(record["bits_per_byte"], record["text_nll"] / LN2 / record["bytes"]) < 1e-12
-    assert rel(record["loss"] * record["tokens"], record["text_nll"]) < 1e-9
-    assert record["split"] == "train"
+    bpe, char = (json.loads(line) for line in result.stdout.splitlines())
+    for record in (bpe, char):
+        assert record["bytes"] == len(valid_text.encode("utf-8"))
+        assert rel(record["bits_per_byte"], record["text_nll"] / LN2 / record["bytes"]) < 1e-12
+        assert rel(record["loss"] * record["tokens"], record["text_nll"]) < 1e-9
+        assert record["split"] == "train"
+    assert char["tokens"] > bpe["tokens"]  # characters are shorter tokens
+    assert bpe["text_hash"] == char["text_hash"] is not None and bpe["data_hash"] != char["data_hash"]
 
 
 def test_cli_errors(causal_run, masked_model, tmp_path):

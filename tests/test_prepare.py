@@ -70,12 +70,14 @@ def tokenizer_dir(tokenizer_for, tmp_path_factory):
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """Many chunk and batch boundaries in a small corpus: boundaries must not change the tokens."""
+    """Many chunk and batch boundaries in a small corpus, tokenized by three threads at once:
+    neither boundaries nor the order batches finish in may change the tokens."""
     import lmctl.prepare
     import lmctl.readers
 
     monkeypatch.setattr(lmctl.readers, "CHUNK_BYTES", 997)
     monkeypatch.setattr(lmctl.prepare, "BATCH_CHARS", 2999)
+    monkeypatch.setattr(lmctl.prepare, "encode_workers", lambda: 3)
 
 
 def invoke(*args: str):
@@ -521,3 +523,20 @@ def test_split_statistics_ignore_chunk_boundaries(text, cuts):
     assert stats.bytes == len(text.encode())
     assert stats.words == len(text.encode().split())
     assert stats.longest_line == max(len(line) for line in text.split("\n"))
+
+
+def test_encode_workers_and_tokenizer_threads(monkeypatch):
+    import os
+
+    from lmctl.prepare import encode_workers, tokenizer_threads
+
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    assert encode_workers() == 1
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM")
+    monkeypatch.setenv("RAYON_NUM_THREADS", "1")
+    assert encode_workers() == 1
+    monkeypatch.delenv("RAYON_NUM_THREADS")
+    assert encode_workers() == len(os.sched_getaffinity(0))
+    with tokenizer_threads(parallel=False):
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    assert "TOKENIZERS_PARALLELISM" not in os.environ

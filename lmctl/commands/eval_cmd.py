@@ -35,7 +35,7 @@ TAIL_ROWS = (
     ("tokens_per_second", "tokens/s"),
     ("seconds", "seconds"),
 )
-HIDDEN = {"model", "data", "split", "settings", "complete", "text_nll", "bytes", "words", "parameters", "data_hash"}
+HIDDEN = {"model", "data", "split", "settings", "complete", "text_nll", "bytes", "words", "parameters", "data_hash", "text_hash"}
 
 
 def _finite(value: Any) -> Any:

@@ -32,8 +32,10 @@ Prompts come from PROMPT arguments, --prompts-file (one per line, or JSON lines 
 field), or stdin when PROMPT is `-` (all of stdin is one prompt).  With no prompt on a terminal,
 an interactive prompt loop starts (Ctrl-D leaves).
 
-stdout holds only the generated text (one result after another, a blank line between results);
-statistics go to stderr.  --json writes one JSON object per result instead.
+stdout holds only the generated text (one result after another, a blank line between results;
+fill-mask: a table on a terminal, tab-separated lines otherwise); statistics go to stderr.
+--json writes one JSON object per result instead.  Several --model: a side-by-side table on a
+terminal, `==> MODEL <==` blocks otherwise.
 
 Examples:
 
