@@ -145,7 +145,7 @@ def nanogpt(args: argparse.Namespace, work: Path) -> list[str]:
         "",
         f"* validation loss {val:.4f} (target <= 1.89: {'met' if val <= 1.89 else 'NOT met'}); "
         f"wall time {seconds / NANOGPT_SECONDS:.2f}x nanoGPT's (target <= 1.0x: {'met' if seconds <= NANOGPT_SECONDS else 'NOT met'}).",
-        f"* runs: {', '.join(f'{r['seconds']:.1f} s / {r['val_loss']:.4f}' for r in runs)}",
+        "* runs: " + ", ".join(f"{r['seconds']:.1f} s / {r['val_loss']:.4f}" for r in runs),
         "",
     ]
 

@@ -91,13 +91,13 @@ def terminal_chart(curves: dict[str, list[tuple[int, float]]], *, width: int = 7
     if x1 == x0:
         x1 = x0 + 1
     grid: list[list[tuple[str, str] | None]] = [[None] * width for _ in range(height)]
-    for index, (name, curve) in enumerate(curves.items()):
+    for index, curve in enumerate(curves.values()):
         color = colors[index % len(colors)]
         cells = [
             (round((x - x0) / (x1 - x0) * (width - 1)), (y - y0) / (y1 - y0) * (height - 1)) for x, y in curve
         ]
         # Fill the columns between samples by linear interpolation, so a curve reads as a line.
-        for (ca, ya), (cb, yb) in zip(cells, cells[1:]):
+        for (ca, ya), (cb, yb) in zip(cells, cells[1:], strict=False):
             for col in range(ca + 1, cb):
                 y = ya + (yb - ya) * (col - ca) / (cb - ca)
                 grid[height - 1 - round(y)][col] = ("·", color)
@@ -147,9 +147,9 @@ def write_png(run_dirs: list[Path], path: str | Path) -> Path:
     except ImportError:
         raise LmctlError("--png needs matplotlib: pip install 'lmctl[plot]'") from None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
-    for ax, metric in zip(axes, ("loss", "perplexity")):
+    for ax, metric in zip(axes, ("loss", "perplexity"), strict=True):
         for label, points in curves_for(run_dirs, metric).items():
-            xs, ys = zip(*points)
+            xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, label=label, marker="o" if "eval" in label else None, markersize=3)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(metric)

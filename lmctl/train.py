@@ -270,7 +270,7 @@ class Trainer:
         from accelerate.utils import set_seed
 
         from lmctl.families.base import max_positions
-        from lmctl.models import check_tokenizer_matches, count_parameters, load_tokenizer
+        from lmctl.models import check_tokenizer_matches, count_parameters
         from lmctl.plugins import resolve_family
         from lmctl.precision import resolve_precision
         from lmctl.presets import preset_overrides

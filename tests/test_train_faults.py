@@ -77,7 +77,7 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path, t
     out = tmp_path / "faulty"
     rng = random.Random(0)
     kills = during_save = 0
-    for attempt in range(40):
+    for _attempt in range(40):
         has_checkpoint = (out / "checkpoints").is_dir() and any(
             (p / "trainer_state.json").is_file() for p in (out / "checkpoints").glob("step-*")
         )

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import math
-from abc import ABC, abstractmethod
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
