@@ -25,7 +25,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -34,45 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-SOURCES = [SHARED / "data" / "tinyshakespeare.txt", SHARED / "data" / "wikitext-2" / "valid.txt"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, SHARED, SOURCES, build_corpus, machine, run_measured  # noqa: E402
+
 SEED = SHARED / "bench" / "seed_pipeline.py"
-
-
-def build_corpus(path: Path, megabytes: float) -> int:
-    """Repeat the shared corpora until the file holds at least ``megabytes`` MB."""
-    base = b"".join(p.read_bytes() for p in SOURCES)
-    target = int(megabytes * 1_000_000)
-    with open(path, "wb") as f:
-        written = 0
-        while written < target:
-            f.write(base)
-            written += len(base)
-    return written
-
-
-def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict:
-    """Run a command; wall time, CPU time and peak RSS of that process (its own, via wait4)."""
-    # Output goes to files (a full pipe would stall the child); wait4 reaps this very child and
-    # returns its own resource usage.
-    with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out_file, stderr=err_file, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out_file.seek(0)
-        err_file.seek(0)
-        stdout, stderr = out_file.read(), err_file.read()
-    if proc.returncode != 0:
-        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{stderr.decode()[-2000:]}")
-    return {
-        "seconds": seconds,
-        "cpu_seconds": usage.ru_utime + usage.ru_stime,
-        "peak_rss_mib": usage.ru_maxrss / 1024,
-        "stdout": stdout.decode(),
-    }
 
 
 def lmctl_cmd(corpus: Path, tokenizer: Path, out: Path) -> list[str]:
@@ -83,24 +47,6 @@ def lmctl_cmd(corpus: Path, tokenizer: Path, out: Path) -> list[str]:
 def seed_cmd(corpus: Path, tokenizer: Path, num_proc: int) -> list[str]:
     return [sys.executable, str(SEED), "prepare", "--text", str(corpus), "--tokenizer", str(tokenizer),
             "--block-size", "128", "--num-proc", str(num_proc)]  # fmt: skip
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs{mem}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
 def versions() -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lmctl.families.base import Family, FamilyOptions, LossOutput, max_positions
-from lmctl.families.masked import make_mlm_collator
+from lmctl.families.masked import BERT_SPECIAL_TOKENS, make_mlm_collator
 from lmctl.hookspecs import hookimpl
 
 
@@ -48,18 +48,7 @@ class ElectraFamily(Family):
     metric_names = ("generator_loss", "discriminator_loss", "discriminator_accuracy")
 
     def special_tokens(self) -> dict[str, str]:
-        return {
-            "unk_token": "[UNK]",
-            "cls_token": "[CLS]",
-            "sep_token": "[SEP]",
-            "pad_token": "[PAD]",
-            "mask_token": "[MASK]",
-        }
-
-    def document_separator(self, tokenizer: Any) -> list[int]:
-        if tokenizer.sep_token_id is not None:
-            return [int(tokenizer.sep_token_id)]
-        return super().document_separator(tokenizer)
+        return dict(BERT_SPECIAL_TOKENS)
 
     def _wrap(self, generator: Any, discriminator: Any) -> Any:
         from lmctl.families.electra_model import ElectraPretrainer

@@ -8,6 +8,17 @@ from lmctl.families.base import Family, FamilyOptions, LossOutput, mask_tokens
 from lmctl.hookspecs import hookimpl
 
 
+# Special tokens of tokenizers trained for BERT-style families.  Packed documents are separated by
+# [SEP] (the base class picks it: these tokenizers have no EOS).
+BERT_SPECIAL_TOKENS = {
+    "unk_token": "[UNK]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "mask_token": "[MASK]",
+}
+
+
 def masked_cross_entropy(logits: Any, labels: Any, label_smoothing: float = 0.0) -> tuple[Any, Any]:
     """Mean cross-entropy over the positions whose label is not -100 (no host sync)."""
     import torch.nn.functional as F
@@ -67,18 +78,7 @@ class MaskedFamily(Family):
     tokenizer_kind = "wordpiece"
 
     def special_tokens(self) -> dict[str, str]:
-        return {
-            "unk_token": "[UNK]",
-            "cls_token": "[CLS]",
-            "sep_token": "[SEP]",
-            "pad_token": "[PAD]",
-            "mask_token": "[MASK]",
-        }
-
-    def document_separator(self, tokenizer: Any) -> list[int]:
-        if tokenizer.sep_token_id is not None:
-            return [int(tokenizer.sep_token_id)]
-        return super().document_separator(tokenizer)
+        return dict(BERT_SPECIAL_TOKENS)
 
     def make_collator(self, tokenizer: Any, options: FamilyOptions) -> Any:
         return make_mlm_collator(tokenizer, options, self.name)
