@@ -406,9 +406,15 @@ def encode_prompt(tokenizer: Any, prompt: str, *, bos_id: int | None = None) -> 
     """
     content = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     full = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    return _continuation_ids(tokenizer, full, content, bos_id)
+
+
+def _continuation_ids(
+    tokenizer: Any, full: Sequence[int], content: Sequence[int], bos_id: int | None
+) -> list[int]:
     head, _tail = split_added_specials(full, content)
     bos = bos_id if bos_id is not None else tokenizer.bos_token_id
-    ids = [t for t in head if t == bos] + content
+    ids = [t for t in head if t == bos] + list(content)
     if not ids:
         start = bos if bos is not None else tokenizer.eos_token_id
         if start is None:
@@ -687,12 +693,31 @@ def plan_batches(lengths: Sequence[int], size: int, *, padding: bool) -> list[li
 
 def family_pads_batches(model: Any) -> bool:
     """Whether the family of ``model`` allows left-padded generation batches (True if unknown)."""
-    from lmctl.plugins import family_for_config
+    from lmctl.plugins import FAMILY_CONFIG_KEY, family_for_config
 
+    config = model.config
+    # Only the keys family_for_config reads: config.to_dict() costs more than the lookup.
+    keys = {
+        "architectures": getattr(config, "architectures", None),
+        "model_type": getattr(config, "model_type", None),
+        FAMILY_CONFIG_KEY: getattr(config, FAMILY_CONFIG_KEY, None),
+    }
     try:
-        return bool(family_for_config(model.config.to_dict()).generate_with_padding)
+        return bool(family_for_config(keys).generate_with_padding)
     except LmctlError:
         return True
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str], *, bos_id: int | None = None) -> list[list[int]]:
+    """:func:`encode_prompt` for many prompts, with two batched tokenizer calls instead of two each."""
+    if len(prompts) < 2:
+        return [encode_prompt(tokenizer, p, bos_id=bos_id) for p in prompts]
+    contents = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    fulls = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    return [
+        _continuation_ids(tokenizer, full, content, bos_id)
+        for full, content in zip(fulls, contents, strict=True)
+    ]
 
 
 def generate_text(
@@ -730,19 +755,25 @@ def generate_text(
     bos_id = bos_id if isinstance(bos_id, int) else tokenizer.bos_token_id
     encoded = [
         fit_prompt(
-            encode_prompt(tokenizer, prompt, bos_id=bos_id),
+            ids,
             context=context,
             max_new_tokens=kwargs["max_new_tokens"],
             truncate=settings.truncate,
             number=number,
             warn=warn,
         )
-        for number, prompt in enumerate(prompts, start=1)
+        for number, ids in enumerate(encode_prompts(tokenizer, prompts, bos_id=bos_id), start=1)
     ]
     if padding is None:
         padding = family_pads_batches(model)
     if settings.seed is not None:
-        torch.manual_seed(settings.seed)  # seeds every device; sampling draws from the global generator
+        # Sampling draws from the global generator of the model's device.
+        if next(model.parameters()).device.type == "cpu":
+            torch.default_generator.manual_seed(
+                settings.seed
+            )  # torch.manual_seed also seeds CUDA lazily: slower
+        else:
+            torch.manual_seed(settings.seed)
     n = settings.num_return_sequences
     done: dict[int, list[GenerationResult]] = {}
     results: list[GenerationResult] = []

@@ -488,7 +488,7 @@ def interactive(
 
     tell = warn or _stderr_line  # warnings and errors: shown even with --quiet
     history = _enable_history() if read_line is None else None
-    read = read_line or input
+    read = read_line or _read_prompt
     loaded_models: list[LoadedModel] = list(load_models(config))
     kinds = {m.kind for m in loaded_models}
     if len(kinds) > 1:
@@ -545,6 +545,15 @@ def interactive(
         if history is not None:
             history()
     return answered
+
+
+def _read_prompt(prompt: str) -> str:
+    """input(), but with stdout redirected the prompt goes to stderr: stdout keeps only results."""
+    if sys.stdout.isatty():
+        return input(prompt)
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    return input()
 
 
 def _enable_history() -> Callable[[], None] | None:
