@@ -140,7 +140,7 @@ def load_optimizer(optimizer: Any, path: Path) -> None:
         tensors = load_file(str(path / "optimizer.safetensors"))
         meta = json.loads((path / "optimizer.json").read_text())
     except Exception as exc:  # noqa: BLE001 - any damage reads the same to the user
-        raise LmctlError(f"the optimizer state in {path} is damaged ({type(exc).__name__}); resume from another checkpoint") from None
+        raise damaged(path, "the optimizer state", exc) from None
     state: dict[int, dict[str, Any]] = {}
     for param_id, values in meta["state"].items():
         state[int(param_id)] = {
@@ -177,15 +177,20 @@ def load_rng(path: Path, rank: int, collate_generator: Any) -> None:
     file = path / f"rng-{rank}.safetensors"
     if not file.is_file():
         raise UsageError(f"{path} has no RNG state for process {rank}: it was written with fewer processes")
-    tensors = load_file(str(file))
-    torch.set_rng_state(tensors["torch"])
-    collate_generator.set_state(tensors["collate"])
+    try:
+        tensors = load_file(str(file))
+        python = json.loads((path / f"rng-{rank}.json").read_text())["python"]
+        python_state = (python[0], tuple(python[1]), python[2])
+        torch_state, collate_state = tensors["torch"], tensors["collate"]
+    except Exception as exc:  # noqa: BLE001 - any damage reads the same to the user
+        raise damaged(path, "the random-number state", exc) from None
+    torch.set_rng_state(torch_state)
+    collate_generator.set_state(collate_state)
     if torch.cuda.is_available():
         states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
         if states:
             torch.cuda.set_rng_state_all(states)
-    python = json.loads((path / f"rng-{rank}.json").read_text())["python"]
-    random.setstate((python[0], tuple(python[1]), python[2]))
+    random.setstate(python_state)
 
 
 def load_model_weights(model: Any, directory: Path) -> None:
@@ -197,7 +202,7 @@ def load_model_weights(model: Any, directory: Path) -> None:
     try:
         state = load_file(str(file))
     except (SafetensorError, OSError, RuntimeError) as exc:
-        raise LmctlError(f"{file} is damaged or missing ({str(exc).splitlines()[0]}); resume from another checkpoint") from None
+        raise damaged(directory, "the model weights", exc) from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     # save_pretrained drops tied copies (e.g. lm_head.weight = wte.weight): those may be missing.
     own = model.state_dict()
@@ -211,6 +216,23 @@ def load_model_weights(model: Any, directory: Path) -> None:
 
 def read_state(path: Path) -> dict[str, Any]:
     try:
-        return json.loads((path / STATE_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LmctlError(f"{path / STATE_FILE} is damaged ({exc}); resume from another checkpoint") from None
+        state = json.loads((path / STATE_FILE).read_text())
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            raise ValueError("no step number")
+    except (OSError, ValueError) as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise damaged(path, STATE_FILE, exc) from None
+    return state
+
+
+def damaged(path: Path, what: str, exc: BaseException) -> LmctlError:
+    """One line for a damaged checkpoint file, naming the checkpoint to resume from instead."""
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    if len(detail) > 120:
+        detail = detail[:117] + "..."
+    match = STEP_DIR.match(path.name)
+    earlier = [p for step, p in list_checkpoints(path.parent.parent) if match and step < int(match.group(1))]
+    if earlier:
+        hint = f"resume from the checkpoint before it with --resume {earlier[-1]}"
+    else:
+        hint = "there is no earlier checkpoint: delete it and train from the start"
+    return LmctlError(f"{what} in {path} is damaged ({type(exc).__name__}: {detail}); {hint}")

@@ -235,10 +235,9 @@ class LoadedModel:
 
 def quiet_transformers() -> None:
     """Hide load-time progress bars and warnings a user cannot act on (they would clutter stderr)."""
-    import transformers
+    from lmctl.quiet import quiet_libraries
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_libraries()
 
 
 def pick_device(device: str = "auto") -> str:

@@ -41,29 +41,70 @@ def check_model_dir(path: str | os.PathLike) -> Path:
     return p
 
 
+class HubUnavailableError(LmctlError):
+    """A hub id that could not be fetched (offline, unreachable, or no such repository)."""
+
+
+def offline_mode() -> bool:
+    return any(os.environ.get(k, "") not in ("", "0") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
 def hub_call(name_or_path: str, load: Callable[[], T]) -> T:
-    """Run a ``from_pretrained``-style call, turning hub and file errors into one clear line."""
+    """Run a ``from_pretrained``-style call, turning hub and file errors into one clear line.
+
+    The hint fits every command (eval and generate have no --from-scratch); ``train`` catches
+    :class:`HubUnavailableError` and adds its own.
+    """
+    import warnings
+
     local = is_local_model(name_or_path)
     if not local and looks_like_path(name_or_path):
         raise LmctlError(f"model directory not found: {name_or_path}")
     if local:
         check_model_dir(name_or_path)
     try:
-        return load()
+        with warnings.catch_warnings():
+            # torch's weights_only unpickler warns about the pickle protocol before refusing a
+            # file; the refusal itself becomes the one error line below.
+            warnings.filterwarnings("ignore", message=".*weights_only Unpickler.*")
+            return load()
     except LmctlError:
         raise
-    except (OSError, ValueError) as exc:
-        text = str(exc)
-        if local:
-            if "safetensors" in text.lower() or "header" in text.lower() or "deserializ" in text.lower():
-                raise LmctlError(f"the weights in {name_or_path} are damaged or not safetensors: {first_line(text)}") from None
-            raise LmctlError(f"could not load the model in {name_or_path}: {first_line(text)}") from None
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        reason = "offline mode is on" if offline else "the Hub is unreachable or the id does not exist"
-        raise LmctlError(
-            f"could not download '{name_or_path}' from the Hugging Face Hub ({reason}); "
-            "use a local model directory, or --from-scratch to build the architecture without weights"
-        ) from None
+    except Exception as exc:  # noqa: BLE001 - classified below; anything else propagates unchanged
+        problem = load_problem(name_or_path, exc, local=local)
+        if problem is None:
+            raise
+        raise problem from None
+
+
+def load_problem(name_or_path: str, exc: BaseException, *, local: bool) -> LmctlError | None:
+    """The one-line error for an exception raised while loading a model or config (None: not ours)."""
+    import pickle
+
+    text = str(exc)
+    lowered = text.lower()
+    if isinstance(exc, pickle.UnpicklingError) or "weights only load failed" in lowered:
+        return LmctlError(
+            f"refused to load the weights of {name_or_path}: its pytorch_model.bin holds Python objects besides "
+            "tensors, and unpickling them could run code; use a copy saved as safetensors"
+        )
+    if "custom code" in lowered or "trust_remote_code" in lowered:
+        return UsageError(
+            f"{name_or_path} needs its own Python code to load (auto_map in config.json), which lmctl does not run "
+            "unless you pass --trust-remote-code: do so only if you trust that code"
+        )
+    if local:
+        if type(exc).__name__ == "SafetensorError" or any(w in lowered for w in ("safetensors", "header", "deserializ")):
+            return LmctlError(f"the weights in {name_or_path} are damaged or not safetensors: {first_line(text)}")
+        if isinstance(exc, (OSError, ValueError, RuntimeError)):
+            return LmctlError(f"could not load the model in {name_or_path}: {first_line(text)}")
+        return None
+    if isinstance(exc, (OSError, ValueError)):
+        reason = "offline mode is on: --offline or HF_HUB_OFFLINE=1" if offline_mode() else "the Hub is unreachable or there is no such model"
+        return HubUnavailableError(
+            f"could not download '{name_or_path}' from the Hugging Face Hub ({reason}); check the name or pass a local model directory"
+        )
+    return None
 
 
 def first_line(text: str) -> str:
@@ -102,7 +143,7 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False) -> Any
     if path.is_dir():
         try:
             return load()
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the tokenizers library raises plain Exception for a damaged tokenizer.json
             raise LmctlError(f"could not load the tokenizer in {path}: {first_line(str(exc))}") from None
     return hub_call(name_or_path, load)
 
@@ -121,9 +162,20 @@ def check_tokenizer_matches(tokenizer: Any, model: Any) -> None:
 def apply_offline(offline: bool) -> None:
     """``--offline``: set the Hugging Face offline switches before transformers is imported."""
     if offline:
+        import sys
+
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["HF_DATASETS_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        # huggingface_hub and datasets read the variables once, at import: when they are already
+        # imported (library use, notebooks), switch their flags too.
+        hub_constants = sys.modules.get("huggingface_hub.constants")
+        if hub_constants is not None:
+            hub_constants.HF_HUB_OFFLINE = True
+        datasets_config = sys.modules.get("datasets.config")
+        if datasets_config is not None:
+            datasets_config.HF_HUB_OFFLINE = True
+            datasets_config.HF_DATASETS_OFFLINE = True
 
 
 def count_parameters(model: Any) -> int:

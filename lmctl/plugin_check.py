@@ -313,12 +313,9 @@ def check_plugins(
 
 def _quiet_transformers() -> None:
     """Load-time progress bars and advice about padding are noise in a check report."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # pragma: no cover - lmctl depends on transformers
-        return
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    from lmctl.quiet import quiet_libraries
+
+    quiet_libraries()
 
 
 def ensure_commands_attributed(registry: Registry) -> None:

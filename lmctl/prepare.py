@@ -524,9 +524,9 @@ def _resolve_tokenizer(spec: str, trainers: dict[str, Any]) -> _TokenizerSource:
 
 
 def _quiet_transformers() -> None:
-    import transformers
+    from lmctl.quiet import quiet_libraries
 
-    transformers.logging.set_verbosity_error()
+    quiet_libraries()
 
 
 def _save_transformers_tokenizer(name_or_path: str, out: Path, trainers: dict[str, Any]) -> None:

@@ -270,23 +270,26 @@ class Trainer:
         from accelerate.utils import set_seed
 
         from lmctl.families.base import max_positions
-        from lmctl.models import check_tokenizer_matches, count_parameters
+        from lmctl.models import HubUnavailableError, check_tokenizer_matches, count_parameters
         from lmctl.plugins import resolve_family
-        from lmctl.precision import resolve_precision
+        from lmctl.precision import measure_faster_precision, resolve_precision, should_measure
         from lmctl.presets import preset_overrides
 
         config = self.config
         quiet_libraries()
-        family = resolve_family(
-            config.model, family=config.family, from_scratch=config.from_scratch, trust_remote_code=config.trust_remote_code
-        )
-        self.family = family
-        self.options = family_options(config)
+        try:
+            family = resolve_family(
+                config.model, family=config.family, from_scratch=config.from_scratch, trust_remote_code=config.trust_remote_code
+            )
+            self.family = family
+            self.options = family_options(config)
 
-        # Model first when pretrained (its tokenizer and position limit shape the data).
-        model = None
-        if not config.from_scratch:
-            model = family.load_pretrained(config.model, trust_remote_code=config.trust_remote_code)
+            # Model first when pretrained (its tokenizer and position limit shape the data).
+            model = None
+            if not config.from_scratch:
+                model = family.load_pretrained(config.model, trust_remote_code=config.trust_remote_code)
+        except HubUnavailableError as exc:
+            raise LmctlError(f"{exc}, or --from-scratch to build the architecture without weights") from None
         limit = max_positions(model.config) if model is not None else None
         block_size = config.block_size or (128 if model is None else min(512, limit or 512))
         if family.requires_even_block_size and block_size % 2 and config.block_size is None:
@@ -331,7 +334,22 @@ class Trainer:
         launcher_choice = os.environ.get("ACCELERATE_MIXED_PRECISION")  # accelerate launch --mixed_precision / config
         if requested == "auto" and launcher_choice in ("no", "bf16", "fp16"):
             requested = {"no": "fp32"}.get(launcher_choice, launcher_choice)
-        self.precision = resolve_precision(requested, state.device, self.n_params)
+        self.precision_timings: dict[str, float] = {}
+        saved_precision = self._saved_precision(config)
+        if saved_precision and requested == "auto":
+            self.precision = saved_precision  # a resumed run keeps the precision it started with
+        elif should_measure(requested, state.device):
+            self.precision, self.precision_timings = measure_faster_precision(
+                lambda precision: self._probe_step(model, tokenizer, block_size, precision)
+            )
+        else:
+            self.precision = resolve_precision(requested, state.device, self.n_params)
+        if state.num_processes > 1:  # every process must train in the main process's precision
+            from accelerate.utils import broadcast_object_list
+
+            choice = [self.precision]
+            broadcast_object_list(choice)
+            self.precision = choice[0]
         mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[self.precision]
         # AcceleratorState is a process-wide singleton that refuses a second, different
         # mixed_precision: forget the previous run's settings (the process layout is kept), so
@@ -394,6 +412,42 @@ class Trainer:
         self.model.train()
         if report_to:
             acc.init_trackers("lmctl", config={k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))})
+
+    def _saved_precision(self, config: TrainConfig) -> str | None:
+        """The precision a checkpoint being resumed was trained in (None when not resuming)."""
+        if not config.resume:
+            return None
+        try:
+            path = ckpt.find_resume_checkpoint(self.out, config.resume)
+        except UsageError:
+            return None  # reported properly when resuming
+        return ckpt.read_state(path).get("precision")
+
+    def _probe_step(self, model: Any, tokenizer: Any, block_size: int, precision: str) -> float:
+        """Seconds for one forward/backward pass on the first training examples (for --precision auto).
+
+        Uses its own generator and restores torch's RNG, so measuring changes nothing that follows.
+        """
+        import torch
+
+        from lmctl.precision import autocast_context
+
+        rng = torch.get_rng_state()
+        try:
+            source = BatchSource(self.data.split("train"), block_size, tokenizer.pad_token_id or 0)
+            count = min(self.config.batch_size, len(source))
+            input_ids, mask = source.batch(np.arange(count))
+            batch = self.family.make_collator(tokenizer, self.options)(input_ids, mask, torch.Generator().manual_seed(0))
+            model.train()
+            start = time.perf_counter()
+            with autocast_context(precision, torch.device("cpu")):
+                out = self.family.compute_loss(model, batch, self.options)
+            out.loss.backward()
+            elapsed = time.perf_counter() - start
+            model.zero_grad(set_to_none=True)
+            return elapsed
+        finally:
+            torch.set_rng_state(rng)
 
     def _fingerprint(self) -> dict[str, Any]:
         c = self.config
@@ -747,6 +801,7 @@ class Trainer:
             "best_step": self.best_step,
             "evals_without_improvement": self.evals_without_improvement,
             "fingerprint": self.fingerprint,
+            "precision": self.precision,
             "lmctl_version": library_versions().get("lmctl"),
         }
         # Written last: a checkpoint counts as complete only with its trainer_state.json.
@@ -811,6 +866,7 @@ class Trainer:
                 "eval_every": self.eval_every,
                 "save_every": self.save_every,
                 "precision": self.precision,
+                "precision_timings_s": self.precision_timings,
                 "world_size": self.world,
                 "parameters": self.n_params,
                 "data": str(self.data.path.resolve()),
@@ -867,21 +923,10 @@ def restore_signal_handlers(previous: dict[int, Any]) -> None:
 
 def quiet_libraries() -> None:
     """Silence library chatter a user cannot act on (advice about other frameworks, etc.)."""
+    from lmctl.quiet import quiet_libraries as quiet_all
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
-    for name in ("transformers", "accelerate", "datasets", "torch.distributed"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
+    quiet_all()
 
 
 def model_card(trainer: Trainer, result: TrainResult) -> str:

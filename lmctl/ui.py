@@ -34,13 +34,18 @@ def format_duration(seconds: float | None) -> str:
 
 
 def format_number(value: Any, digits: int = 4) -> str:
+    """``digits`` significant digits; thousands separated (43,043 tokens/s, not 4.304e+04);
+    scientific notation only for the very small (learning rates) and the huge."""
     if value is None:
         return "-"
     if isinstance(value, float):
         if not math.isfinite(value):
             return str(value)
-        if abs(value) >= 1e5 or (value and abs(value) < 1e-3):
+        if abs(value) >= 1e7 or (value and abs(value) < 1e-3):
             return f"{value:.3e}"
+        if abs(value) >= 1000:
+            decimals = max(0, digits - 1 - int(math.log10(abs(value))))
+            return f"{value:,.{decimals}f}"
         return f"{value:.{digits}g}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 

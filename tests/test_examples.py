@@ -570,7 +570,8 @@ def test_distributed_example_in_one_process(workdir):
 def test_distributed_example_on_two_processes(workdir):
     """Both header launch lines train on 2 CPU processes (gloo) and give the same loss curve."""
     train, launch, _ = header_commands("distributed_ddp.toml")
-    tiny = [*TINY, *model_config_args("gpt2"), "--vocab-size", "400", "--eval-every", "0"]
+    # fp32 pinned: "auto" measures both precisions per run and could pick differently.
+    tiny = [*TINY, *model_config_args("gpt2"), "--vocab-size", "400", "--eval-every", "0", "--precision", "fp32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
 
     def run(argv: list[str], out: str) -> list[float]:

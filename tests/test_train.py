@@ -30,6 +30,7 @@ def tiny_config(prepared: Path, out: Path, family: str, **overrides):
         eval_batches=4,
         lr=3e-3,
         dropout=0.0,
+        precision="fp32",  # "auto" may measure and pick bf16; these tests compare exact numbers
     )
     settings.update(overrides)
     return TrainConfig(**settings)

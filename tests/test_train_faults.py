@@ -70,7 +70,7 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path, t
     prepared = write_prepared(tmp_path / "data", tokenizer_for("causal"), "causal", corpus_text(30_000))
     args = ["-m", "lmctl", "train", "--model", "gpt2", "--from-scratch", "--preset", "tiny", "--train", str(prepared),
             "--max-steps", "40", "--batch-size", "4", "--block-size", "32", "--log-every", "1", "--save-every", "2",
-            "--keep-last", "2", "--eval-every", "0", "--dropout", "0.1", "--quiet"]  # fmt: skip
+            "--keep-last", "2", "--eval-every", "0", "--dropout", "0.1", "--precision", "fp32", "--quiet"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, *args, "--out", str(tmp_path / "ref")], check=True, env=env, timeout=600)
 

@@ -35,7 +35,7 @@ def losses(out):
 def test_two_processes_match_one_process_with_double_batch(tmp_path, tokenizer_for, launcher):
     prepared = write_prepared(tmp_path / "data", tokenizer_for("causal"), "causal", corpus_text(30_000))
     common = ["--model", "gpt2", "--from-scratch", "--preset", "tiny", "--train", str(prepared), "--max-steps", "12",
-              "--block-size", "32", "--log-every", "1", "--eval-every", "0", "--dropout", "0", "--quiet"]  # fmt: skip
+              "--block-size", "32", "--log-every", "1", "--eval-every", "0", "--dropout", "0", "--precision", "fp32", "--quiet"]  # fmt: skip
     run_cli(["train", *common, "--batch-size", "8", "--out", str(tmp_path / "one")], tmp_path)
     if launcher == "--num-processes":
         run_cli(["train", *common, "--batch-size", "4", "--num-processes", "2", "--out", str(tmp_path / "two")], tmp_path)
