@@ -39,8 +39,11 @@ def help_text(args: list[str]) -> str:
         "_TYPER_FORCE_DISABLE_TERMINAL": "1",
         "LMCTL_LOAD_PLUGINS": "",  # installed third-party plugins must not change the reference
     }
+    # Run the CLI as the `lmctl` console script names itself (with `python -m lmctl` the usage
+    # lines would read "python -m lmctl ..."), without depending on the script being on PATH.
+    entry = "import sys; sys.argv[0] = 'lmctl'; from lmctl.cli import main; main()"
     result = subprocess.run(
-        [sys.executable, "-m", "lmctl", *args, "--help"], capture_output=True, text=True, env=env, check=True
+        [sys.executable, "-c", entry, *args, "--help"], capture_output=True, text=True, env=env, check=True
     )
     return "\n".join(line.rstrip() for line in result.stdout.strip("\n").splitlines())
 

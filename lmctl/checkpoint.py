@@ -138,9 +138,13 @@ def load_optimizer(optimizer: Any, path: Path) -> None:
 
     try:
         tensors = load_file(str(path / "optimizer.safetensors"))
-        meta = json.loads((path / "optimizer.json").read_text())
     except Exception as exc:  # noqa: BLE001 - any damage reads the same to the user
-        raise damaged(path, "the optimizer state", exc) from None
+        raise damaged(path, "optimizer.safetensors", exc) from None
+    try:
+        meta = json.loads((path / "optimizer.json").read_text())
+        meta["state"], meta["param_groups"]  # noqa: B018 - both must be there
+    except Exception as exc:  # noqa: BLE001
+        raise damaged(path, "optimizer.json", exc) from None
     state: dict[int, dict[str, Any]] = {}
     for param_id, values in meta["state"].items():
         state[int(param_id)] = {
@@ -179,11 +183,14 @@ def load_rng(path: Path, rank: int, collate_generator: Any) -> None:
         raise UsageError(f"{path} has no RNG state for process {rank}: it was written with fewer processes")
     try:
         tensors = load_file(str(file))
-        python = json.loads((path / f"rng-{rank}.json").read_text())["python"]
-        python_state = (python[0], tuple(python[1]), python[2])
         torch_state, collate_state = tensors["torch"], tensors["collate"]
     except Exception as exc:  # noqa: BLE001 - any damage reads the same to the user
-        raise damaged(path, "the random-number state", exc) from None
+        raise damaged(path, file.name, exc) from None
+    try:
+        python = json.loads((path / f"rng-{rank}.json").read_text())["python"]
+        python_state = (python[0], tuple(python[1]), python[2])
+    except Exception as exc:  # noqa: BLE001
+        raise damaged(path, f"rng-{rank}.json", exc) from None
     torch.set_rng_state(torch_state)
     collate_generator.set_state(collate_state)
     if torch.cuda.is_available():
@@ -202,7 +209,7 @@ def load_model_weights(model: Any, directory: Path) -> None:
     try:
         state = load_file(str(file))
     except (SafetensorError, OSError, RuntimeError) as exc:
-        raise damaged(directory, "the model weights", exc) from None
+        raise damaged(directory, file.name, exc) from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     # save_pretrained drops tied copies (e.g. lm_head.weight = wte.weight): those may be missing.
     own = model.state_dict()
@@ -224,15 +231,17 @@ def read_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def damaged(path: Path, what: str, exc: BaseException) -> LmctlError:
-    """One line for a damaged checkpoint file, naming the checkpoint to resume from instead."""
+def damaged(path: Path, file_name: str, exc: BaseException) -> LmctlError:
+    """One line for a damaged file of checkpoint ``path``, naming the checkpoint to resume from instead."""
     detail = " ".join(str(exc).split()) or type(exc).__name__
     if len(detail) > 120:
         detail = detail[:117] + "..."
+    if not STEP_DIR.match(path.name) and STEP_DIR.match(path.parent.name):  # ELECTRA's generator/
+        file_name, path = f"{path.name}/{file_name}", path.parent
     match = STEP_DIR.match(path.name)
     earlier = [p for step, p in list_checkpoints(path.parent.parent) if match and step < int(match.group(1))]
     if earlier:
         hint = f"resume from the checkpoint before it with --resume {earlier[-1]}"
     else:
-        hint = "there is no earlier checkpoint: delete it and train from the start"
-    return LmctlError(f"{what} in {path} is damaged ({type(exc).__name__}: {detail}); {hint}")
+        hint = f"there is no earlier one: delete {path} and train again without --resume"
+    return LmctlError(f"checkpoint {path} is damaged: {file_name} cannot be read ({type(exc).__name__}: {detail}); {hint}")

@@ -6,7 +6,10 @@ imports torch, transformers, datasets or accelerate at module level.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from typing import Any
 
 import typer
 
@@ -21,8 +24,36 @@ from lmctl.commands import (
     runs_cmd,
     train_cmd,
 )
+from lmctl.errors import click_error_line, print_error
+
+
+class OneLineErrorsGroup(typer.core.TyperGroup):
+    """The root command group: usage errors found while parsing the command line (an unknown
+    option, a value that is not a number, a missing option) are one ``error:`` line with exit
+    code 2, like lmctl's own errors, instead of Typer's framed panel."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with one_line_usage_errors():  # `lmctl --bogus`
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with one_line_usage_errors():  # `lmctl train --bogus`, and typer.BadParameter in a command
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def one_line_usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except typer.TyperException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `lmctl eval`: Typer shows the help
+            raise
+        print_error(click_error_line(exc))
+        raise typer.Exit(exc.exit_code) from None
+
 
 app = typer.Typer(
+    cls=OneLineErrorsGroup,
     name="lmctl",
     help="From raw text to a trained, evaluated, sampled language model.",
     no_args_is_help=True,

@@ -44,6 +44,8 @@ def describe_exception(exc: BaseException) -> tuple[str, int]:
     """Translate an exception into (one-line message, exit code)."""
     if isinstance(exc, LmctlError):
         return str(exc), exc.exit_code
+    if is_click_error(exc):  # typer.BadParameter and friends raised inside a command
+        return click_error_line(exc), exc.exit_code  # type: ignore[attr-defined]
     if isinstance(exc, FileNotFoundError):
         return f"file not found: {exc.filename or exc}", 1
     if isinstance(exc, PermissionError):
@@ -55,6 +57,19 @@ def describe_exception(exc: BaseException) -> tuple[str, int]:
     name = type(exc).__name__
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{name}: {text} (run with --debug for the full traceback)", 1
+
+
+def is_click_error(exc: BaseException) -> bool:
+    """Typer's (vendored click's) usage and parameter errors: they carry an exit code and a message."""
+    return callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int)
+
+
+def click_error_line(exc: BaseException) -> str:
+    """``Missing option '--data'`` -> one line that also says where the help is."""
+    message = " ".join(str(exc.format_message()).split())  # type: ignore[attr-defined]
+    ctx = getattr(exc, "ctx", None)
+    command = getattr(ctx, "command_path", None)
+    return f"{message} (see '{command} --help')" if command else message
 
 
 def friendly_errors(fn: F) -> F:

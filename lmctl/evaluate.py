@@ -777,6 +777,7 @@ class EvalConfig:
     max_batches: int | None = None
     family: str | None = None
     trust_remote_code: bool = False
+    offline: bool = False  # never contact the Hugging Face Hub (HF_HUB_OFFLINE=1)
     device: str = "auto"
     line_by_line: bool = False  # raw text files: one example per line
     document_split: str | None = None  # raw text files: how documents are separated (prepare's option)
@@ -918,11 +919,12 @@ def evaluate(config: EvalConfig, *, progress: Callable[[str], Any] | None = None
 
     from lmctl.families.base import FamilyOptions
     from lmctl.generate import pick_device, quiet_transformers
-    from lmctl.models import check_tokenizer_matches, count_parameters
+    from lmctl.models import apply_offline, check_tokenizer_matches, count_parameters
     from lmctl.plugins import resolve_family
     from lmctl.precision import autocast_context, resolve_precision
     from lmctl.prepared import PreparedData
 
+    apply_offline(config.offline)
     if not config.models:
         raise UsageError("no model: pass --model DIR (or a Hugging Face id)")
     if config.precision not in ("auto", "fp32", "bf16", "fp16"):

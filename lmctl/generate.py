@@ -1011,6 +1011,7 @@ def load_models(config: GenerateConfig) -> Iterable[LoadedModel]:
     if not config.models:
         raise UsageError("pass --model DIR_OR_NAME (a directory written by lmctl train, or a Hub id)")
     apply_offline(config.offline)
+    quiet_transformers()  # before the first Hub request: its retry warnings are noise next to the error line
     kinds: dict[str, str] = {}
     for name in config.models:
         kind = resolve_family(

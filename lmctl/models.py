@@ -94,6 +94,11 @@ def load_problem(name_or_path: str, exc: BaseException, *, local: bool) -> Lmctl
             "unless you pass --trust-remote-code: do so only if you trust that code"
         )
     if local:
+        if "mismatched_sizes" in lowered or "size mismatch" in lowered:
+            return LmctlError(
+                f"the weights in {name_or_path} do not fit its config.json (tensor shapes differ): "
+                "the directory mixes files of two models"
+            )
         if type(exc).__name__ == "SafetensorError" or any(w in lowered for w in ("safetensors", "header", "deserializ")):
             return LmctlError(f"the weights in {name_or_path} are damaged or not safetensors: {first_line(text)}")
         if isinstance(exc, (OSError, ValueError, RuntimeError)):
@@ -144,6 +149,8 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False) -> Any
         try:
             return load()
         except Exception as exc:  # noqa: BLE001 - the tokenizers library raises plain Exception for a damaged tokenizer.json
+            if isinstance(problem := load_problem(str(path), exc, local=True), UsageError):
+                raise problem from None  # a tokenizer whose code lives in the directory
             raise LmctlError(f"could not load the tokenizer in {path}: {first_line(str(exc))}") from None
     return hub_call(name_or_path, load)
 

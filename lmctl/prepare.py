@@ -580,14 +580,15 @@ class _Progress:
                 Progress,
                 TextColumn,
                 TimeRemainingColumn,
-                TransferSpeedColumn,
             )
 
             self._rich = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 DownloadColumn(),
-                TransferSpeedColumn(),
+                # The pass's average rate, as the plain lines give it (rich's own speed column shows
+                # "?" for a pass that reads its input in one piece, as a small validation split does).
+                TextColumn("{task.fields[rate]}"),
                 TimeRemainingColumn(),
                 console=Console(stderr=True),
             )
@@ -604,12 +605,12 @@ class _Progress:
         if self._rich is not None:
             from rich.text import Text
 
-            self._task = self._rich.add_task(Text(name).markup, total=total or None)
+            self._task = self._rich.add_task(Text(name).markup, total=total or None, rate="")
 
     def advance(self, n: int) -> None:
         self.done += n
         if self._rich is not None:
-            self._rich.update(self._task, completed=self.done)
+            self._rich.update(self._task, completed=self.done, rate=self._rate())
         elif self.mode == "plain":
             now = time.perf_counter()
             if now - self._last >= self.PLAIN_EVERY_S:
@@ -618,11 +619,17 @@ class _Progress:
 
     def finish(self) -> None:
         if self._rich is not None:
-            self._rich.update(self._task, completed=self.total or self.done, total=self.total or self.done)
+            self._rich.update(
+                self._task, completed=self.total or self.done, total=self.total or self.done, rate=self._rate()
+            )
         elif self.mode == "plain":
             elapsed = time.perf_counter() - self._t0
             rate = self.done / elapsed / 1e6 if elapsed > 0 else 0.0
             _eprint(f"prepare: {self.name}: {self.done / 1e6:.1f} MB in {elapsed:.1f} s ({rate:.1f} MB/s)")
+
+    def _rate(self) -> str:
+        elapsed = time.perf_counter() - self._t0
+        return f"{self.done / elapsed / 1e6:.1f} MB/s" if elapsed > 0 and self.done else ""
 
     def _line(self, now: float) -> None:
         elapsed = now - self._t0

@@ -33,6 +33,7 @@ class QuickstartResult:
     out: Path
     train: Any
     sample: str
+    prompt: str = "The for statement"
 
 
 def quickstart(out: str | Path = "runs/quickstart", *, max_steps: int = 300, prompt: str = "The for statement", quiet: bool = False) -> QuickstartResult:
@@ -67,7 +68,7 @@ def quickstart(out: str | Path = "runs/quickstart", *, max_steps: int = 300, pro
     loaded = load_model(str(out))
     settings = GenerationSettings(max_new_tokens=60, seed=0, temperature=0.8, top_k=40)
     sample = generate_text(loaded.model, loaded.tokenizer, [prompt], settings)[0].text
-    return QuickstartResult(out=out, train=result, sample=sample)
+    return QuickstartResult(out=out, train=result, sample=sample, prompt=prompt)
 
 
 def next_steps(out: Path) -> str:
@@ -90,7 +91,7 @@ def print_summary(result: QuickstartResult, stream: Any = None) -> None:
     stream.write(f"\nTrained {result.out} in {result.train.wall_seconds:.0f} s")
     if final:
         stream.write(f": validation loss {final['loss']:.3f}, perplexity {final['perplexity']:.1f}")
-    stream.write("\n\nSample (prompt \"The for statement\"):\n")
-    stream.write(f"The for statement{result.sample}\n\n")
+    stream.write(f"\n\nSample (prompt {result.prompt!r}):\n")
+    stream.write(f"{result.prompt}{result.sample}\n\n")
     stream.write(next_steps(result.out) + "\n")
     stream.flush()

@@ -12,6 +12,7 @@ datasets only when already imported (it is slow to import; lmctl.readers silence
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 
@@ -33,7 +34,16 @@ def quiet_libraries() -> None:
         pass
     else:
         hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
+        # Importing transformers imports huggingface_hub, which resets its logger to WARNING: set
+        # it again, or a Hub that cannot be reached prints ten "Retrying in 1s" lines.
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+        hf_logging.disable_progress_bar()  # weight-loading bars, and (below) the Hub's download bars
+        # A download can take minutes: keep its progress bars on a terminal, and only there (in a
+        # log they are lines of carriage returns).  HF_HUB_DISABLE_PROGRESS_BARS=1 still wins.
+        if sys.stderr.isatty() and not os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"):
+            from huggingface_hub.utils import enable_progress_bars
+
+            enable_progress_bars()
     datasets = sys.modules.get("datasets")
     if datasets is not None:
         datasets.logging.set_verbosity_error()

@@ -28,6 +28,32 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return events
 
 
+def open_metrics_log(run_dir: str | Path, start_step: int) -> Any:
+    """``metrics.jsonl`` opened for appending by a run that starts at ``start_step``.
+
+    A fresh run (``start_step`` 0) starts an empty file: the previous run's events in the same
+    directory would otherwise be drawn as one zigzag curve.  A resumed run keeps the events up to
+    its checkpoint and drops those the interrupted run logged after it (they are logged again),
+    so every step appears once.  The rewrite is atomic.
+    """
+    path = Path(run_dir) / "metrics.jsonl"
+    if not start_step:
+        return path.open("w", encoding="utf-8")
+    if path.is_file():
+        kept = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line of a killed run
+            if isinstance(event, dict) and event.get("step", 0) <= start_step:
+                kept.append(line + "\n")
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.replace(path)
+    return path.open("a", encoding="utf-8")
+
+
 def find_runs(root: str | Path) -> list[Path]:
     """Run directories (holding run.json) under ``root``, itself included; checkpoints skipped."""
     root = Path(root)
@@ -77,6 +103,7 @@ def terminal_chart(curves: dict[str, list[tuple[int, float]]], *, width: int = 7
     from rich.text import Text
 
     colors = ["cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "bright_magenta"]
+    glyphs = "•×+o#*%@"  # a glyph per curve as well: without colour (a pipe, NO_COLOR) curves stay apart
     points = [p for curve in curves.values() for p in curve]
     text = Text()
     if title:
@@ -92,7 +119,7 @@ def terminal_chart(curves: dict[str, list[tuple[int, float]]], *, width: int = 7
         x1 = x0 + 1
     grid: list[list[tuple[str, str] | None]] = [[None] * width for _ in range(height)]
     for index, curve in enumerate(curves.values()):
-        color = colors[index % len(colors)]
+        color, glyph = colors[index % len(colors)], glyphs[index % len(glyphs)]
         cells = [
             (round((x - x0) / (x1 - x0) * (width - 1)), (y - y0) / (y1 - y0) * (height - 1)) for x, y in curve
         ]
@@ -102,7 +129,7 @@ def terminal_chart(curves: dict[str, list[tuple[int, float]]], *, width: int = 7
                 y = ya + (yb - ya) * (col - ca) / (cb - ca)
                 grid[height - 1 - round(y)][col] = ("·", color)
         for col, y in cells:
-            grid[height - 1 - round(y)][col] = ("•", color)
+            grid[height - 1 - round(y)][col] = (glyph, color)
     label_width = max(len(f"{y1:.3g}"), len(f"{y0:.3g}"))
     for row in range(height):
         value = y1 - (y1 - y0) * row / (height - 1)
@@ -117,48 +144,94 @@ def terminal_chart(curves: dict[str, list[tuple[int, float]]], *, width: int = 7
     text.append(" " * label_width + " └" + "─" * width + "\n")
     text.append(" " * (label_width + 2) + f"step {x0}".ljust(width - len(f"step {x1}")) + f"step {x1}\n")
     for index, name in enumerate(curves):
-        text.append("  ● ", style=colors[index % len(colors)])
+        text.append(f"  {glyphs[index % len(glyphs)]} ", style=colors[index % len(colors)])
         text.append(name + "\n")
     return text
+
+
+def run_labels(run_dirs: list[Path]) -> list[str]:
+    """Short distinct names for runs: the directory name, or more of the path when names clash
+    (``exp1/out`` and ``exp2/out``)."""
+    paths = [Path(r) for r in run_dirs]
+    for depth in range(1, max((len(p.parts) for p in paths), default=1) + 1):
+        labels = [str(Path(*p.parts[-depth:])) for p in paths]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(p) for p in paths]
+
+
+def split_points(events: list[dict[str, Any]], split: str, metric: str) -> list[tuple[int, float]]:
+    """The periodic points of one curve (the final full evaluation is logged at the last step
+    too, flagged ``final``; it is drawn on its own)."""
+    key = f"{split}/{metric}"
+    return [
+        (e["step"], e[key])
+        for e in events
+        if isinstance(e.get(key), (int, float)) and math.isfinite(e[key]) and not e.get("final")
+    ]
 
 
 def curves_for(run_dirs: list[Path], metric: str) -> dict[str, list[tuple[int, float]]]:
     """``metric`` is loss or perplexity: train and eval curves of each run, labelled by run."""
     curves: dict[str, list[tuple[int, float]]] = {}
     several = len(run_dirs) > 1
-    for run in run_dirs:
+    for run, label in zip(run_dirs, run_labels(run_dirs), strict=True):
         events = read_metrics(run)
         for split in ("train", "eval"):
-            key = f"{split}/{metric}"
-            # The final full evaluation is logged at the last step too; plot the periodic ones.
-            points = [(e["step"], e[key]) for e in events if key in e and math.isfinite(e[key]) and not e.get("final")]
+            points = split_points(events, split, metric)
             if points:
-                curves[f"{run.name}: {split}" if several else split] = points
+                curves[f"{label}: {split}" if several else split] = points
     return curves
 
 
 def write_png(run_dirs: list[Path], path: str | Path) -> Path:
-    """Loss and perplexity curves of one or more runs as a PNG (matplotlib, imported only here)."""
+    """Loss and perplexity curves of one or more runs as a PNG (matplotlib, imported only here).
+
+    One colour per run; training curves solid, evaluations dashed with dots, the final full
+    evaluation a star.  A single run gets one colour per split instead.
+    """
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter, NullFormatter
     except ImportError:
         raise LmctlError("--png needs matplotlib: pip install 'lmctl[plot]'") from None
+    runs = [(Path(run), label, read_metrics(run)) for run, label in zip(run_dirs, run_labels(run_dirs), strict=True)]
+    several = len(runs) > 1
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 300, not 3 x 10^2, on the log axis
     for ax, metric in zip(axes, ("loss", "perplexity"), strict=True):
-        for label, points in curves_for(run_dirs, metric).items():
-            xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, label=label, marker="o" if "eval" in label else None, markersize=3)
+        for index, (_, label, events) in enumerate(runs):
+            for split in ("train", "eval"):
+                points = split_points(events, split, metric)
+                color = f"C{index}" if several else ("C0" if split == "train" else "C1")
+                name = f"{label}: {split}" if several else split
+                if points:
+                    xs, ys = zip(*points, strict=True)
+                    style = {"linestyle": "-"} if split == "train" else {"linestyle": "--", "marker": "o", "markersize": 3}
+                    ax.plot(xs, ys, color=color, label=name, **style)
+            final = [e for e in events if e.get("final") and isinstance(e.get(f"eval/{metric}"), (int, float))]
+            if final and math.isfinite(final[-1][f"eval/{metric}"]):
+                ax.plot(
+                    [final[-1]["step"]], [final[-1][f"eval/{metric}"]], linestyle="none", marker="*", markersize=9,
+                    color=f"C{index}" if several else "C1", label=f"{label}: final eval" if several else "final eval",
+                )  # fmt: skip
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(metric)
         if metric == "perplexity":
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(plain)
+            low, high = ax.get_ylim()
+            if low > 0 and high / low < 20:  # less than about a decade: label the minor ticks too
+                ax.yaxis.set_minor_formatter(plain)
+            else:
+                ax.yaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:  # an empty panel (ELECTRA has no train perplexity) gets no legend
             ax.legend(fontsize=8)
-    fig.suptitle(", ".join(r.name for r in run_dirs))
+    fig.suptitle(", ".join(label for _, label, _ in runs))
     fig.tight_layout()
     out = Path(path)
     tmp = out.with_name(f".{out.name}.tmp.png")

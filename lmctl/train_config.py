@@ -55,7 +55,7 @@ class TrainConfig:
     beta1: float = opt(0.9, "AdamW beta1.")
     beta2: float = opt(0.95, "AdamW beta2.")
     grad_clip: float = opt(1.0, "Clip the gradient norm to this value (0 disables).")
-    dropout: float | None = opt(None, "Set every dropout probability of the model (default: the model's own).")
+    dropout: float | None = opt(None, "Set every dropout probability of the model (default: 0 from scratch, the model's own when fine-tuning).")
     label_smoothing: float = opt(0.0, "Label smoothing of the cross-entropy loss.")
     seed: int = opt(0, "Random seed (weights, data order, masking, dropout).")
     # --- speed ---------------------------------------------------------------------------------

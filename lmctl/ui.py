@@ -50,6 +50,14 @@ def format_number(value: Any, digits: int = 4) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def metric_cell(value: Any) -> str:
+    """A loss or perplexity in a column: 4 significant digits, trailing zeros kept (41.20 above
+    48.14, not 41.2), so the digits line up from one refresh to the next."""
+    if isinstance(value, float) and math.isfinite(value) and 1e-3 <= abs(value) < 1000:
+        return f"{value:#.4g}"
+    return format_number(value)
+
+
 def is_terminal(stream: Any = None) -> bool:
     stream = stream or sys.stdout
     return bool(getattr(stream, "isatty", lambda: False)())
@@ -75,6 +83,9 @@ class PlainTrainLog:
         self.stream.write(" | ".join(parts) + "\n")
         self.stream.flush()
 
+    def progress(self, step: int) -> None:
+        pass  # one line per logging interval only
+
     def message(self, text: str) -> None:
         self.stream.write(text + "\n")
         self.stream.flush()
@@ -84,29 +95,42 @@ class PlainTrainLog:
 
 
 class RichTrainDashboard:
-    """Live dashboard: progress, losses, perplexities, learning rate, throughput, ETA, sparkline."""
+    """Live dashboard: progress, losses, perplexities, learning rate, throughput, ETA, sparkline.
 
-    def __init__(self, title: str = "lmctl train") -> None:
+    Rendered by rich's refresh thread (``get_renderable``) four times a second, so elapsed time
+    and ETA tick between log events; ``update``/``progress`` only store numbers (cheap enough to
+    call every optimizer step).
+    """
+
+    def __init__(self, title: str = "lmctl train", console: Any = None) -> None:
         from rich.console import Console
 
-        self.console = Console()
+        self.console = console or Console()
         self.title = title
         self.state: dict[str, Any] = {}
         self.losses: list[float] = []
         self.live: Any = None
         self.started = time.perf_counter()
+        self.eta_at: float | None = None  # perf_counter() time the run is expected to end
+        self.best_step: int | None = None
+        self.final_eval = False
 
     def start(self, plan: dict[str, Any]) -> None:
         from rich.live import Live
         from rich.table import Table
         from rich.text import Text
 
-        table = Table(title="plan", show_header=False, box=None)
+        table = Table(title="plan", title_justify="left", title_style="bold", show_header=False, box=None)
         for key, value in plan.items():
             table.add_row(Text(str(key), style="bold"), Text(format_number(value)))
         self.console.print(table)
-        self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+        self.live = Live(console=self.console, refresh_per_second=4, transient=False, get_renderable=self._render)
         self.live.start()
+
+    def _eta(self) -> float | None:
+        if self.state.get("step", 0) >= self.state.get("total_steps", 0) > 0:
+            return 0.0
+        return None if self.eta_at is None else max(0.0, self.eta_at - time.perf_counter())
 
     def _render(self) -> Any:
         from rich.console import Group
@@ -114,34 +138,55 @@ class RichTrainDashboard:
         from rich.table import Table
         from rich.text import Text
 
-        s = self.state
+        s = dict(self.state)  # a copy: update() runs in the training thread meanwhile
         step, total = s.get("step", 0), s.get("total_steps", 0) or 1
         header = Text.assemble(
             (f"{self.title}  ", "bold"),
             f"step {step:,}/{total:,}  epoch {format_number(s.get('epoch'), 3)}  ",
-            f"elapsed {format_duration(time.perf_counter() - self.started)}  eta {format_duration(s.get('eta_s'))}",
+            f"elapsed {format_duration(time.perf_counter() - self.started)}  eta {format_duration(self._eta())}",
         )
-        bar = ProgressBar(total=total, completed=step, width=60)
+        bar = Table.grid(padding=(0, 1))
+        bar.add_row(ProgressBar(total=total, completed=step, width=60), Text(f"{100 * step / total:3.0f}%"))
         table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-        for col in ("", "loss", "perplexity"):
-            table.add_column(col, justify="right")
-        table.add_row("train", format_number(s.get("train/loss")), format_number(s.get("train/perplexity")))
-        table.add_row("eval", format_number(s.get("eval/loss")), format_number(s.get("eval/perplexity")))
+        table.add_column("", justify="left")
+        for col in ("loss", "perplexity"):
+            table.add_column(col, justify="right", min_width=10)
+        table.add_row("train", metric_cell(s.get("train/loss")), metric_cell(s.get("train/perplexity")))
+        eval_label = "eval (full)" if self.final_eval else "eval"
+        table.add_row(eval_label, metric_cell(s.get("eval/loss")), metric_cell(s.get("eval/perplexity")))
         stats = Table(show_header=False, box=None, pad_edge=False)
+        best = metric_cell(s.get("best_eval_loss"))
+        if s.get("best_eval_loss") is not None and self.best_step is not None:
+            best += f" (step {self.best_step:,})"
         stats.add_row("lr", format_number(s.get("lr")), "grad norm", format_number(s.get("grad_norm")))
-        stats.add_row("tokens/s", format_number(s.get("tokens_per_s"), 5), "best eval", format_number(s.get("best_eval_loss")))
+        stats.add_row("tokens/s", format_number(s.get("tokens_per_s")), "best eval", best)
+        # Family extras (ELECTRA: generator loss, discriminator loss and accuracy), two per row
+        # in a table of their own so long names do not widen the columns above.
         extras = [(k, v) for k, v in s.items() if k.startswith("train/") and k not in ("train/loss", "train/perplexity")]
-        for key, value in extras:
-            stats.add_row(key.removeprefix("train/"), format_number(value), "", "")
+        family_stats = Table(show_header=False, box=None, pad_edge=False)
+        for start in range(0, len(extras), 2):
+            cells: list[str] = []
+            for key, value in extras[start : start + 2]:
+                cells += [key.removeprefix("train/").replace("_", " "), format_number(value)]
+            family_stats.add_row(*cells)
         spark = Text(f"loss {sparkline(self.losses)}", style="cyan")
-        return Group(header, bar, table, stats, spark)
+        return Group(header, bar, table, stats, *([family_stats] if extras else []), spark)
+
+    def progress(self, step: int) -> None:
+        """The optimizer step just finished (called every step; no host sync, no drawing)."""
+        self.state["step"] = step
 
     def update(self, event: dict[str, Any]) -> None:
+        if "eval/loss" in event:
+            self.final_eval = bool(event.get("final"))
+            best = event.get("best_eval_loss")
+            if not self.final_eval and best is not None and event["eval/loss"] == best:
+                self.best_step = event.get("step")
+        if "eta_s" in event:
+            self.eta_at = time.perf_counter() + event["eta_s"]
         self.state.update(event)
         if "train/loss" in event:
             self.losses.append(event["train/loss"])
-        if self.live is not None:
-            self.live.update(self._render())
 
     def message(self, text: str) -> None:
         from rich.text import Text
@@ -150,7 +195,7 @@ class RichTrainDashboard:
 
     def close(self) -> None:
         if self.live is not None:
-            self.live.update(self._render())
+            self.live.refresh()
             self.live.stop()
             self.live = None
 
@@ -160,6 +205,7 @@ class NullTrainLog:
 
     def start(self, plan: dict[str, Any]) -> None: ...
     def update(self, event: dict[str, Any]) -> None: ...
+    def progress(self, step: int) -> None: ...
     def message(self, text: str) -> None: ...
     def close(self) -> None: ...
 

@@ -88,18 +88,26 @@ def _make_progress() -> Any:
     from rich.console import Console
     from rich.progress import (
         BarColumn,
-        MofNCompleteColumn,
         Progress,
+        ProgressColumn,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+    from rich.text import Text
+
+    class TokensColumn(ProgressColumn):
+        """1,234,567/2,000,000 tokens (rich's MofNCompleteColumn has no thousands separators)."""
+
+        def render(self, task: Any) -> Text:
+            done = f"{int(task.completed):,}"
+            return Text(f"{done}/{int(task.total):,} tokens" if task.total is not None else f"{done} tokens")
 
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("tokens  {task.fields[rate]}"),
+        TokensColumn(),
+        TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=Console(stderr=True),
@@ -172,7 +180,8 @@ def eval_command(
     family: str | None = typer.Option(None, "--family", help="Family to use instead of the one read from config.json."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     line_by_line: bool = typer.Option(False, "--line-by-line", help="Raw text files: one example per line (each scored on its own)."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow models whose code lives in their repository."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow models whose code lives in their repository (it runs that code: only for code you trust)."),
+    offline: bool = typer.Option(False, "--offline", help="Never contact the Hugging Face Hub (HF_HUB_OFFLINE=1)."),
 ) -> None:
     from lmctl.evaluate import EvalConfig, evaluate
     from lmctl.ui import is_terminal
@@ -190,6 +199,7 @@ def eval_command(
         max_batches=max_batches,
         family=family,
         trust_remote_code=trust_remote_code,
+        offline=offline,
         device=device,
         line_by_line=line_by_line,
     )

@@ -65,6 +65,7 @@ def prepare_command(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the data report as one JSON object."),
     force: bool = typer.Option(False, "--force", help="Replace DIR if it holds prepared data already."),
+    offline: bool = typer.Option(False, "--offline", help="Never contact the Hugging Face Hub (HF_HUB_OFFLINE=1): Hub tokenizers and datasets come from the local cache only."),
 ) -> None:
     """Tokenize raw text into packed, memory-mappable training data.
 
@@ -77,7 +78,10 @@ def prepare_command(
 
 
 def _run(options: dict[str, Any]) -> None:
+    from lmctl.models import apply_offline
     from lmctl.prepare import PrepareConfig, prepare
+
+    apply_offline(options["offline"])
 
     train = list(options["train"] or [])
     extra = list(options["more_train"] or [])

@@ -110,7 +110,18 @@ def train_command(
         )
         raise typer.Exit(130 if result.interrupted == "SIGINT" else 143)
     if result.interrupted == "nan":
-        raise typer.Exit(1)
+        from lmctl.errors import LmctlError
+
+        checkpoints = Path(config.out) / "checkpoints"
+        if config.on_nan == "skip":
+            raise LmctlError(
+                f"10 steps in a row up to step {result.steps + 1} had a NaN/inf loss or gradient; the last good state "
+                f"is saved in {checkpoints}: start a new --out with a lower --lr"
+            )
+        raise LmctlError(
+            f"step {result.steps + 1} had a NaN/inf loss or gradient; the last good state is saved in {checkpoints}: "
+            "resume with --resume auto --on-nan skip, or start a new --out with a lower --lr"
+        )
     summary = f"saved to {result.out} after {result.steps} steps"
     if result.final_eval:
         summary += f"; eval loss {result.final_eval['loss']:.4f}, perplexity {result.final_eval['perplexity']:.2f}"

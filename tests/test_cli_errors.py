@@ -1,0 +1,369 @@
+"""The error contract, across commands, in one table: every bad input below goes through the real
+CLI and must end with exit code 2 (usage) or 1 (failure), exactly one ``error:`` line on stderr
+(the last one) naming the thing at fault, and no traceback.
+
+Detailed tests of single cases stay next to their command (tests/test_prepare_errors.py,
+tests/test_eval.py, tests/test_generate.py, tests/test_train.py); this table proves the contract
+holds everywhere.  A full disk while saving a checkpoint is covered by
+tests/test_train_faults.py::test_disk_full_during_save_keeps_the_previous_checkpoint (it injects
+ENOSPC into the save path and checks the one-line error and the intact previous checkpoint).
+Untrusted files (pickles, remote code) and offline mode: tests/test_security.py.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lmctl.cli import add_plugin_commands, app
+from tests.conftest import REPO, corpus_text, train_tokenizer, write_prepared
+
+add_plugin_commands(app)
+HUB_ID = "nonexistent-model-xyz"
+
+
+@dataclass
+class World:
+    """Good inputs, built once: bad inputs are made from them per row."""
+
+    causal: Path  # tiny GPT-2 directory (64 positions, 320-token vocabulary)
+    masked: Path  # tiny BERT directory
+    permuted: Path  # tiny XLNet directory
+    prepared: Path  # prepared with the causal model's tokenizer
+    prepared_masked: Path  # prepared with the BERT tokenizer
+    prepared_permuted: Path
+    big_tokenizer: Path  # a 2000-token tokenizer: too big for the tiny models
+    corpus: Path
+    run: Path  # a training run with checkpoints/step-1 (made with TRAIN + ["--out", run])
+
+
+def train_args(w: World, *extra: str) -> list[str]:
+    """A tiny from-scratch training run; ``w.run`` was made with exactly these settings."""
+    return ["train", "--quiet", "--model", "gpt2", "--from-scratch", "--preset", "tiny", "--train", str(w.prepared),
+            "--max-steps", "2", "--batch-size", "2", "--block-size", "32", "--eval-every", "0", "--save-every", "1",
+            *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_model_dir, tokenizer_for) -> World:
+    root = tmp_path_factory.mktemp("cli-errors")
+    text = corpus_text(20_000)
+    cut = int(len(text) * 0.9)
+    from lmctl.models import load_tokenizer
+
+    causal = tiny_model_dir("causal")
+    w = World(
+        causal=causal,
+        masked=tiny_model_dir("masked"),
+        permuted=tiny_model_dir("permuted"),
+        prepared=write_prepared(root / "prepared", load_tokenizer(str(causal)), "causal", text[:cut], text[cut:]),
+        prepared_masked=write_prepared(root / "prepared-masked", tokenizer_for("masked"), "masked", text[:cut], text[cut:]),
+        prepared_permuted=write_prepared(root / "prepared-xlnet", tokenizer_for("permuted"), "permuted", text[:cut], text[cut:]),
+        big_tokenizer=root / "big-tokenizer",
+        corpus=root / "corpus.txt",
+        run=root / "run",
+    )
+    train_tokenizer("causal", vocab_size=2000).save_pretrained(w.big_tokenizer)
+    w.corpus.write_text(text, encoding="utf-8")
+    made = CliRunner().invoke(app, train_args(w, "--out", str(w.run)))
+    assert made.exit_code == 0, made.output
+    assert (w.run / "checkpoints" / "step-1" / "trainer_state.json").is_file()
+    return w
+
+
+# --- bad inputs, made per row in the row's own temporary directory ------------------------------
+
+
+def missing(tmp: Path) -> Path:
+    return tmp / "nope.txt"
+
+
+def empty(tmp: Path) -> Path:
+    (tmp / "empty.txt").write_text("")
+    return tmp / "empty.txt"
+
+
+def binary(tmp: Path) -> Path:
+    (tmp / "blob.txt").write_bytes(b"header line\n" + bytes(range(16)) * 16)
+    return tmp / "blob.txt"
+
+
+def latin1(tmp: Path) -> Path:
+    (tmp / "latin1.txt").write_bytes("café au lait\n".encode("latin-1"))
+    return tmp / "latin1.txt"
+
+
+def unreadable(tmp: Path) -> Path:
+    """chmod 000.  Root reads it anyway, so there the kernel's refusal is simulated (see below)."""
+    path = tmp / "locked.txt"
+    path.write_text("some perfectly good text\n" * 20)
+    path.chmod(0)
+    return path
+
+
+def a_directory(tmp: Path) -> Path:
+    (tmp / "folder").mkdir()
+    (tmp / "folder" / "image.png").write_bytes(b"\x89PNG\r\n")
+    return tmp / "folder"
+
+
+def model_copy(w: World, tmp: Path, change: Callable[[Path], None], source: str = "causal") -> Path:
+    copy = tmp / f"model-{source}"
+    shutil.copytree(getattr(w, source), copy)
+    change(copy)
+    return copy
+
+
+def no_config(d: Path) -> None:
+    (d / "config.json").unlink()
+
+
+def no_weights(d: Path) -> None:
+    (d / "model.safetensors").unlink()
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def run_copy(w: World, tmp: Path, damage: str | None = None) -> Path:
+    """A copy of the training run, with one file of its checkpoint truncated or garbled."""
+    copy = tmp / "run"
+    shutil.copytree(w.run, copy)
+    if damage:
+        target = copy / "checkpoints" / "step-1" / damage
+        if damage.endswith(".json"):
+            target.write_text("{not json")
+        else:
+            truncate(target)
+    return copy
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    id: str
+    args: Callable[[World, Path], list[str]]
+    code: int
+    needles: tuple[str, ...]  # in the error line ({tmp} is the row's directory)
+    absent: tuple[str, ...] = ()  # not in the error line
+    subprocess: bool = False  # through `python -m lmctl` (a real process) instead of CliRunner
+
+
+def row(id, args, code, *needles, absent=(), subprocess=False) -> pytest.param:
+    return pytest.param(Row(id, args, code, needles, absent, subprocess), id=id)
+
+
+P = "prepare"
+TOK = ["--block-size", "32"]  # the tiny models have 64 positions; prepare's default is 128
+
+ROWS = [
+    # --- input files -------------------------------------------------------------------------
+    row("prepare/missing-file", lambda w, t: [P, "--train", str(missing(t)), "--out", str(t / "o")], 2, "input not found", "nope.txt"),
+    row("prepare/empty-file", lambda w, t: [P, "--train", str(empty(t)), "--tokenizer", str(w.causal), *TOK, "--out", str(t / "o")],
+        1, "empty.txt is empty"),
+    row("prepare/unreadable-file", lambda w, t: [P, "--train", str(unreadable(t)), "--tokenizer", str(w.causal), *TOK, "--out", str(t / "o")],
+        1, "permission denied", "locked.txt"),
+    row("prepare/binary-file", lambda w, t: [P, "--train", str(binary(t)), "--tokenizer", str(w.causal), *TOK, "--out", str(t / "o")],
+        1, "blob.txt", "binary"),
+    row("prepare/directory-without-text", lambda w, t: [P, "--train", str(a_directory(t)), "--out", str(t / "o")],
+        2, "no input files in directory", "folder"),
+    row("prepare/not-utf8", lambda w, t: [P, "--train", str(latin1(t)), "--tokenizer", str(w.causal), *TOK, "--out", str(t / "o")],
+        1, "latin1.txt", "not UTF-8", "--encoding-errors replace"),
+    row("train/missing-file", lambda w, t: ["train", "--train", str(missing(t)), "--out", str(t / "r")], 2, "input not found", "nope.txt"),
+    row("train/empty-file", lambda w, t: ["train", "--train", str(empty(t)), "--model", "gpt2", "--from-scratch", "--out", str(t / "r")],
+        1, "empty.txt is empty"),
+    row("train/unreadable-file", lambda w, t: ["train", "--train", str(unreadable(t)), "--model", "gpt2", "--from-scratch", "--out", str(t / "r")],
+        1, "permission denied", "locked.txt"),
+    row("train/binary-file", lambda w, t: ["train", "--train", str(binary(t)), "--model", "gpt2", "--from-scratch", "--out", str(t / "r")],
+        1, "blob.txt", "binary"),
+    row("train/no-data", lambda w, t: ["train", "--model", "gpt2", "--out", str(t / "r")], 2, "--train"),
+    row("generate/prompts-not-utf8", lambda w, t: ["generate", "--model", str(w.causal), "--prompts-file", str(latin1(t))],
+        1, "latin1.txt", "not UTF-8"),
+    row("generate/prompts-missing", lambda w, t: ["generate", "--model", str(w.causal), "--prompts-file", str(missing(t))],
+        1, "prompts file not found", "nope.txt"),
+    row("generate/prompts-unreadable", lambda w, t: ["generate", "--model", str(w.causal), "--prompts-file", str(unreadable(t))],
+        1, "locked.txt", "Permission denied"),
+    row("generate/prompts-is-a-directory", lambda w, t: ["generate", "--model", str(w.causal), "--prompts-file", str(a_directory(t))],
+        1, "folder is a directory"),
+    row("eval/data-missing", lambda w, t: ["eval", "--model", str(w.causal), "--data", str(missing(t))], 1, "data not found", "nope.txt"),
+    # --- models ------------------------------------------------------------------------------
+    row("train/unknown-model-offline", lambda w, t: ["train", "--train", str(w.prepared), "--model", HUB_ID, "--out", str(t / "r")],
+        1, f"could not download '{HUB_ID}'", "offline mode is on", "local model directory", "--from-scratch"),
+    row("eval/unknown-model-offline", lambda w, t: ["eval", "--model", HUB_ID, "--data", str(w.prepared)],
+        1, f"could not download '{HUB_ID}'", "offline mode is on", "local model directory", absent=("--from-scratch",)),
+    row("generate/unknown-model-offline", lambda w, t: ["generate", "--model", HUB_ID, "hello"],
+        1, f"could not download '{HUB_ID}'", "offline mode is on", absent=("--from-scratch",)),
+    row("generate/unknown-model-offline-process", lambda w, t: ["generate", "--model", HUB_ID, "hello"],
+        1, f"could not download '{HUB_ID}'", "offline mode is on", absent=("--from-scratch",), subprocess=True),
+    row("train/model-without-config", lambda w, t: ["train", "--train", str(w.prepared), "--model", str(model_copy(w, t, no_config)), "--out", str(t / "r")],
+        1, "model-causal is not a model directory", "no config.json"),
+    row("eval/model-without-config", lambda w, t: ["eval", "--model", str(model_copy(w, t, no_config)), "--data", str(w.prepared)],
+        1, "model-causal is not a model directory", "no config.json"),
+    row("generate/model-without-config", lambda w, t: ["generate", "--model", str(model_copy(w, t, no_config)), "hi"],
+        1, "model-causal is not a model directory", "no config.json"),
+    row("train/model-without-weights", lambda w, t: ["train", "--train", str(w.prepared), "--model", str(model_copy(w, t, no_weights)), "--out", str(t / "r")],
+        1, "model-causal has a config.json but no weights"),
+    row("eval/model-without-weights", lambda w, t: ["eval", "--model", str(model_copy(w, t, no_weights)), "--data", str(w.prepared)],
+        1, "model-causal has a config.json but no weights"),
+    row("generate/model-without-weights", lambda w, t: ["generate", "--model", str(model_copy(w, t, no_weights)), "hi"],
+        1, "model-causal has a config.json but no weights"),
+    row("eval/damaged-safetensors", lambda w, t: ["eval", "--model", str(model_copy(w, t, lambda d: truncate(d / "model.safetensors"))), "--data", str(w.prepared)],
+        1, "weights in", "model-causal", "damaged"),
+    row("generate/damaged-safetensors", lambda w, t: ["generate", "--model", str(model_copy(w, t, lambda d: truncate(d / "model.safetensors"))), "hi"],
+        1, "weights in", "model-causal", "damaged"),
+    row("generate/missing-model-directory", lambda w, t: ["generate", "--model", str(t / "no-such-model"), "hi"],
+        1, "model directory not found", "no-such-model"),
+    # --- tokenizer and model disagree ----------------------------------------------------------
+    row("train/tokenizer-bigger-than-vocabulary",
+        lambda w, t: ["train", "--train", str(w.corpus), "--model", str(w.causal), "--tokenizer", str(w.big_tokenizer), "--block-size", "32", "--out", str(t / "r")],
+        2, "the tokenizer has", "the model's vocabulary has 320"),
+    row("eval/data-from-another-tokenizer", lambda w, t: ["eval", "--model", str(w.causal), "--data", str(w.prepared_masked)],
+        2, "prepared-masked was tokenized with a different tokenizer"),
+    # --- block size ----------------------------------------------------------------------------
+    row("train/block-size-beyond-positions", lambda w, t: ["train", "--train", str(w.prepared), "--model", str(w.causal), "--block-size", "128", "--out", str(t / "r")],
+        2, "--block-size 128 is larger than the model allows (64 positions)"),
+    row("eval/block-size-beyond-positions", lambda w, t: ["eval", "--model", str(w.causal), "--data", str(w.prepared), "--block-size", "128"],
+        2, "--block-size 128 is larger than the model allows (64 positions)"),
+    row("prepare/block-size-beyond-positions", lambda w, t: [P, "--train", str(w.corpus), "--tokenizer", str(w.causal), "--block-size", "128", "--out", str(t / "o")],
+        2, "--block-size 128 is larger than the model allows (64 positions)"),
+    row("train/xlnet-odd-block-size",
+        lambda w, t: ["train", "--train", str(w.prepared_permuted), "--model", "xlnet", "--from-scratch", "--preset", "tiny", "--block-size", "33", "--out", str(t / "r")],
+        2, "even --block-size", "33"),
+    row("eval/xlnet-odd-block-size", lambda w, t: ["eval", "--model", str(w.permuted), "--data", str(w.prepared_permuted), "--block-size", "33"],
+        2, "even --block-size", "33"),
+    # --- numbers -------------------------------------------------------------------------------
+    row("train/batch-size-zero", lambda w, t: train_args(w, "--batch-size", "0", "--out", str(t / "r")), 2, "--batch-size", "got 0"),
+    row("train/batch-size-negative", lambda w, t: train_args(w, "--batch-size", "-4", "--out", str(t / "r")), 2, "--batch-size", "got -4"),
+    row("train/learning-rate-zero", lambda w, t: train_args(w, "--lr", "0", "--out", str(t / "r")), 2, "--lr must be positive"),
+    row("train/learning-rate-negative", lambda w, t: train_args(w, "--lr", "-0.001", "--out", str(t / "r")), 2, "--lr must be positive", "-0.001"),
+    row("train/grad-accum-zero", lambda w, t: train_args(w, "--grad-accum", "0", "--out", str(t / "r")), 2, "--grad-accum"),
+    row("train/batch-size-not-a-number", lambda w, t: ["train", "--batch-size", "many"], 2, "--batch-size", "lmctl train --help"),
+    row("train/batch-size-not-a-number-process", lambda w, t: ["train", "--batch-size", "many"], 2, "--batch-size", "--help", subprocess=True),
+    row("eval/batch-size-zero", lambda w, t: ["eval", "--model", str(w.causal), "--data", str(w.prepared), "--batch-size", "0"], 2, "--batch-size", "got 0"),
+    row("generate/batch-size-zero", lambda w, t: ["generate", "--model", str(w.causal), "hi", "--batch-size", "0"], 2, "--batch-size", "got 0"),
+    # --- resuming ------------------------------------------------------------------------------
+    row("train/resume-auto-without-checkpoint", lambda w, t: train_args(w, "--resume", "auto", "--out", str(t / "fresh")),
+        2, "--resume auto: no checkpoint in", "fresh"),
+    row("train/resume-not-a-checkpoint", lambda w, t: train_args(w, "--resume", str(a_directory(t)), "--out", str(t / "r")),
+        2, "folder: not a complete lmctl checkpoint"),
+    row("train/resume-incompatible-config", lambda w, t: train_args(w, "--lr", "0.01", "--resume", "auto", "--out", str(run_copy(w, t))),
+        2, "cannot resume from", "step-1", "config changed", "lr"),
+    row("train/rerun-over-checkpoints", lambda w, t: train_args(w, "--out", str(run_copy(w, t))), 2, "already has checkpoints", "--resume auto"),
+    *[
+        row(f"train/resume-damaged-{name}", lambda w, t, name=name: train_args(w, "--resume", "auto", "--out", str(run_copy(w, t, name))),
+            1, "step-1 is damaged", f"{name} cannot be read", "train again without --resume")
+        for name in ("model.safetensors", "optimizer.safetensors", "optimizer.json", "trainer_state.json", "rng-0.safetensors", "rng-0.json")
+    ],
+    # --- prompts -------------------------------------------------------------------------------
+    row("generate/fill-mask-without-mask", lambda w, t: ["generate", "--model", str(w.masked), "no mask in this prompt"],
+        2, "prompt 1 has no mask", "[MASK]"),
+    # --- conflicting or missing flags ----------------------------------------------------------
+    row("train/validation-and-validation-split",
+        lambda w, t: ["train", "--train", str(w.corpus), "--validation", str(w.corpus), "--validation-split", "0.1", "--out", str(t / "r")],
+        2, "--validation and --validation-split conflict"),
+    row("train/preset-without-from-scratch", lambda w, t: ["train", "--train", str(w.prepared), "--model", str(w.causal), "--preset", "tiny", "--out", str(t / "r")],
+        2, "--preset only applies with --from-scratch"),
+    row("train/model-config-without-from-scratch",
+        lambda w, t: ["train", "--train", str(w.prepared), "--model", str(w.causal), "--model-config", "n_layer=1", "--out", str(t / "r")],
+        2, "--model-config only applies with --from-scratch"),
+    row("train/validation-with-prepared-data", lambda w, t: train_args(w, "--validation", str(w.corpus), "--out", str(t / "r")),
+        2, "--validation cannot be combined with a prepared --train directory"),
+    row("train/on-nan-unknown", lambda w, t: train_args(w, "--on-nan", "ignore", "--out", str(t / "r")), 2, "--on-nan must be stop or skip"),
+    row("prepare/validation-and-validation-split",
+        lambda w, t: [P, "--train", str(w.corpus), "--validation", str(w.corpus), "--validation-split", "0.1", "--out", str(t / "o")],
+        2, "--validation"),
+    row("eval/missing-data-option", lambda w, t: ["eval", "--model", str(w.causal)], 2, "--data", "lmctl eval --help"),
+    row("generate/text-and-fill-mask-models", lambda w, t: ["generate", "--model", str(w.causal), "--model", str(w.masked), "a [MASK]"],
+        2, "one kind at a time"),
+    row("generate/unknown-option", lambda w, t: ["generate", "--model", str(w.causal), "--temperatur", "0.5", "hi"],
+        2, "--temperatur", "lmctl generate --help"),
+    row("plugins/unknown-subcommand", lambda w, t: ["plugins", "enable", "x"], 2, "enable", "lmctl plugins --help"),
+]  # fmt: skip
+
+
+@pytest.fixture
+def kernel_refuses_unreadable(monkeypatch):
+    """chmod 000 files are refused by the kernel, except to root: simulate that refusal for root."""
+    if os.geteuid() != 0:
+        return
+    real_open, real_os_open = builtins.open, os.open
+
+    def locked(path: object) -> bool:
+        """What the kernel refuses to a normal user: a file with no permission bits at all."""
+        if not isinstance(path, (str, os.PathLike)):
+            return False  # a file descriptor
+        try:
+            return os.stat(path).st_mode & 0o777 == 0
+        except OSError:
+            return False
+
+    def guarded_open(file, *args, **kwargs):
+        if locked(file):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    def guarded_os_open(path, *args, **kwargs):
+        if locked(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_os_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(io, "open", guarded_open)
+    monkeypatch.setattr(os, "open", guarded_os_open)
+
+
+def run_row(r: Row, world: World, tmp: Path) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of the row's command."""
+    args = r.args(world, tmp)
+    env = {"HF_HUB_OFFLINE": "1", "LMCTL_CACHE": str(tmp / "cache"), "LMCTL_DEBUG": ""}
+    if r.subprocess:
+        done = subprocess.run([sys.executable, "-m", "lmctl", *args], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, **env, "PYTHONPATH": str(REPO)}, cwd=tmp)  # fmt: skip
+        return done.returncode, done.stdout, done.stderr
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("r", ROWS)
+def test_bad_input_gives_one_clean_error_line(r: Row, world: World, tmp_path: Path, kernel_refuses_unreadable) -> None:
+    code, stdout, stderr = run_row(r, world, tmp_path)
+    assert code == r.code, (code, stderr)
+    assert "Traceback" not in stdout + stderr
+    lines = stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], stderr  # other lines (progress) may come first
+    assert "error:" not in stdout
+    line = errors[0]
+    for needle in r.needles:
+        assert needle in line, (needle, line)
+    for word in r.absent:
+        assert word not in line, (word, line)
+
+
+def test_the_table_covers_every_command():
+    commands = {row.values[0].id.split("/")[0] for row in ROWS}
+    assert commands == {"prepare", "train", "eval", "generate", "plugins"}
+
+
+def test_debug_shows_the_traceback(world, tmp_path):
+    """--debug (or LMCTL_DEBUG=1) is the way to the traceback the table says is hidden."""
+    args = ["--debug", "generate", "--model", str(tmp_path / "no-such-model"), "hi"]
+    done = subprocess.run([sys.executable, "-m", "lmctl", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr and "LmctlError: model directory not found" in done.stderr
