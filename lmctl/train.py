@@ -106,34 +106,59 @@ class ExampleOrder:
         assert self._perm is not None
         return self._perm
 
-    def indices(self, start: int, count: int) -> np.ndarray:
+    def indices(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Example indices at positions ``start .. start + count`` and the epoch of each."""
         positions = np.arange(start, start + count)
+        epochs = positions // self.n
         out = np.empty(count, dtype=np.int64)
-        for epoch in np.unique(positions // self.n):
-            sel = positions // self.n == epoch
+        for epoch in np.unique(epochs):
+            sel = epochs == epoch
             out[sel] = self._permutation(int(epoch))[positions[sel] % self.n]
-        return out
+        return out, epochs
 
 
 class BatchSource:
-    """Turns example indices into padded token tensors from a prepared split (memory-mapped)."""
+    """Turns example indices into padded token tensors from a prepared split (memory-mapped).
 
-    def __init__(self, split: Any, block_size: int, pad_id: int) -> None:
+    Packed data: example ``i`` of epoch ``e`` is the block ``tokens[o + i*T : o + (i+1)*T]``.  The
+    offset ``o`` is 0 in the first epoch and a seeded value in ``[0, T)`` in later ones, so repeated
+    epochs see new windows (nanoGPT samples random windows for the same reason) while the data
+    order stays a pure function of (seed, position) and resuming stays exact.
+    """
+
+    def __init__(self, split: Any, block_size: int, pad_id: int, seed: int = 0) -> None:
         self.split = split
         self.block_size = block_size
         self.pad_id = pad_id
+        self.seed = seed
         self.line_by_line = split.offsets is not None
-        self.blocks = None if self.line_by_line else split.blocks(block_size)
+        self.max_offset = 0
+        if self.line_by_line:
+            self.n = split.num_blocks(block_size)
+        else:
+            shifted = (split.num_tokens - (block_size - 1)) // block_size
+            if shifted >= 1:
+                self.n, self.max_offset = shifted, block_size - 1
+            else:  # under two blocks of data: fixed boundaries
+                self.n = split.num_tokens // block_size
 
     def __len__(self) -> int:
-        return self.split.num_blocks(self.block_size)
+        return self.n
 
-    def batch(self, indices: np.ndarray) -> tuple[Any, Any]:
+    def offset(self, epoch: int) -> int:
+        if epoch == 0 or self.max_offset == 0:
+            return 0
+        return int(np.random.default_rng([self.seed, epoch, 1]).integers(self.max_offset + 1))
+
+    def batch(self, indices: np.ndarray, epochs: np.ndarray | None = None) -> tuple[Any, Any]:
         import torch
 
         if not self.line_by_line:
+            epochs = np.zeros_like(indices) if epochs is None else epochs
+            offsets = np.array([self.offset(int(e)) for e in epochs], dtype=np.int64)
             # Sorted reads are kinder to the page cache; the order within a batch does not matter.
-            rows = self.blocks[np.sort(indices)]
+            starts = np.sort(offsets + indices * self.block_size)
+            rows = self.split.tokens[starts[:, None] + np.arange(self.block_size)]
             return torch.from_numpy(rows.astype(np.int64)), None
         examples = [self.split.example(int(i), self.block_size) for i in indices]
         width = max(len(e) for e in examples)
@@ -370,7 +395,7 @@ class Trainer:
 
         train_split = self.data.split("train")
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.train_source = BatchSource(train_split, block_size, pad_id)
+        self.train_source = BatchSource(train_split, block_size, pad_id, seed=config.seed)
         if len(self.train_source) == 0:
             raise UsageError(
                 f"the training data has {train_split.num_tokens} tokens, less than one block of {block_size}: "
@@ -438,7 +463,7 @@ class Trainer:
         try:
             source = BatchSource(self.data.split("train"), block_size, tokenizer.pad_token_id or 0)
             count = min(self.config.batch_size, len(source))
-            input_ids, mask = source.batch(np.arange(count))
+            input_ids, mask = source.batch(np.arange(count))  # first-epoch blocks
             batch = self.family.make_collator(tokenizer, self.options)(input_ids, mask, torch.Generator().manual_seed(0))
             model.train()
             start = time.perf_counter()
@@ -667,7 +692,7 @@ class Trainer:
         for micro in range(self.grad_accum):
             # Position of this micro-batch in the global example order (see the module docstring).
             start = ((step * self.grad_accum + micro) * self.world + self.rank) * self.micro_batch
-            input_ids, mask = self.train_source.batch(self.order.indices(start, self.micro_batch))
+            input_ids, mask = self.train_source.batch(*self.order.indices(start, self.micro_batch))
             batch = self.collate(input_ids, mask, self.collate_generator)
             batch = {k: v.to(acc.device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
             sync = contextlib.nullcontext() if micro == self.grad_accum - 1 else acc.no_sync(self.model)

@@ -164,12 +164,33 @@ def test_data_order_splits_global_batches_across_processes():
     B, N, A = 4, 2, 3
     for step in range(10):  # crosses epoch boundaries (50 examples, 24 per step)
         for micro in range(A):
-            one = order.indices((step * A + micro) * N * B, N * B)
+            one, one_epochs = order.indices((step * A + micro) * N * B, N * B)
             parts = [order.indices(((step * A + micro) * N + r) * B, B) for r in range(N)]
-            assert np.array_equal(np.concatenate(parts), one)
-    epoch0 = order.indices(0, 50)
-    assert sorted(epoch0) == list(range(50))
-    assert not np.array_equal(epoch0, order.indices(50, 50))
+            assert np.array_equal(np.concatenate([p[0] for p in parts]), one)
+            assert np.array_equal(np.concatenate([p[1] for p in parts]), one_epochs)
+    epoch0, epochs = order.indices(0, 50)
+    assert sorted(epoch0) == list(range(50)) and set(epochs) == {0}
+    assert not np.array_equal(epoch0, order.indices(50, 50)[0])
+
+
+def test_later_epochs_cut_the_stream_at_seeded_offsets():
+    """Epoch 0 reads the prepared blocks; later epochs shift the cut, so windows are new."""
+    from types import SimpleNamespace
+
+    from lmctl.train import BatchSource
+
+    tokens = np.arange(1000, dtype=np.uint16)
+    split = SimpleNamespace(tokens=tokens, offsets=None, num_tokens=1000)
+    source = BatchSource(split, block_size=32, pad_id=0, seed=5)
+    assert len(source) == (1000 - 31) // 32
+    first, _ = source.batch(np.array([3, 0]), np.array([0, 0]))
+    assert first[:, 0].tolist() == [0, 96] and (first[:, 1:] - first[:, :-1] == 1).all()
+    offsets = {source.offset(e) for e in range(1, 20)}
+    assert len(offsets) > 3 and all(0 <= o < 32 for o in offsets)
+    again = BatchSource(split, block_size=32, pad_id=0, seed=5)
+    assert [again.offset(e) for e in range(1, 20)] == [source.offset(e) for e in range(1, 20)]
+    last, _ = source.batch(np.array([len(source) - 1]), np.array([7]))
+    assert last.shape == (1, 32) and int(last.max()) < 1000
 
 
 def test_nan_loss_stops_with_saved_state(tmp_path, tokenizer_for):
