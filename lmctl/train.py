@@ -655,7 +655,17 @@ class Trainer:
         if self.metrics_file:
             self.metrics_file.close()
         self.accelerator.end_training()
+        self._close_process_group()
         return result
+
+    def _close_process_group(self) -> None:
+        """Tear the process group down in step: a gloo group left to process exit can abort
+        ("terminate called without an active exception") and fail the whole launch."""
+        import torch.distributed as dist
+
+        if self.world > 1 and dist.is_available() and dist.is_initialized():
+            self.accelerator.wait_for_everyone()
+            dist.destroy_process_group()
 
     # ------------------------------------------------------------------ pieces
     def _train_step(self, step: int) -> tuple[Any, Any, dict[str, Any]]:
