@@ -131,6 +131,7 @@ class BatchSource:
         self.block_size = block_size
         self.pad_id = pad_id
         self.seed = seed
+        self._offsets: dict[int, int] = {}
         self.line_by_line = split.offsets is not None
         self.max_offset = 0
         if self.line_by_line:
@@ -148,7 +149,10 @@ class BatchSource:
     def offset(self, epoch: int) -> int:
         if epoch == 0 or self.max_offset == 0:
             return 0
-        return int(np.random.default_rng([self.seed, epoch, 1]).integers(self.max_offset + 1))
+        # Cached: batch() asks once per example, on the hot path of every step.
+        if epoch not in self._offsets:
+            self._offsets[epoch] = int(np.random.default_rng([self.seed, epoch, 1]).integers(self.max_offset + 1))
+        return self._offsets[epoch]
 
     def batch(self, indices: np.ndarray, epochs: np.ndarray | None = None) -> tuple[Any, Any]:
         import torch

@@ -7,7 +7,6 @@ from typing import Any
 from lmctl.families.base import Family, FamilyOptions, LossOutput, mask_tokens
 from lmctl.hookspecs import hookimpl
 
-
 # Special tokens of tokenizers trained for BERT-style families.  Packed documents are separated by
 # [SEP] (the base class picks it: these tokenizers have no EOS).
 BERT_SPECIAL_TOKENS = {
