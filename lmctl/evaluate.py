@@ -232,13 +232,21 @@ def count_blocks(split: Any, block_size: int) -> int | None:
 
 
 def collate_blocks(
-    collate: Callable[..., dict], rows: list[np.ndarray], block_size: int, pad_id: int, seed: int, first_index: int
+    collate: Callable[..., dict],
+    rows: list[np.ndarray],
+    block_size: int,
+    pad_id: int,
+    seed: int,
+    first_index: int,
+    always_mask: bool = False,
 ) -> tuple[dict, list[Any]]:
     """Collate each block with its own seeded generator, then stack them into one batch.
 
     Seeding per block (not per batch) makes masks independent of the batch size.  Blocks shorter
     than ``block_size`` are padded to it with an attention mask, so the collator never picks
-    padding.  Returns the batch and the per-block generators (for further seeded draws).
+    padding.  ``always_mask`` gives every block a mask: a family with a ``block_lookahead`` then
+    reads it as a complete input (unmasked rows would be expected to carry the lookahead tokens).
+    Returns the batch and the per-block generators (for further seeded draws).
     """
     import torch
 
@@ -247,7 +255,7 @@ def collate_blocks(
         ids = np.full((1, block_size), pad_id, dtype=np.int64)
         ids[0, : len(block)] = block
         mask = None
-        if len(block) < block_size:
+        if len(block) < block_size or always_mask:
             mask = torch.zeros((1, block_size), dtype=torch.long)
             mask[0, : len(block)] = 1
         generator = seeded_generator(seed, first_index + offset)
@@ -344,7 +352,9 @@ def evaluate_with_loss(family: Any, model: Any, tokenizer: Any, split: Any, sett
         if settings.max_batches is not None and n >= settings.max_batches:
             complete = False
             break
-        batch, _ = collate_blocks(collate, rows, settings.block_size, pad, settings.seed, index)
+        batch, _ = collate_blocks(
+            collate, rows, settings.block_size, pad, settings.seed, index, always_mask=family.block_lookahead > 0
+        )
         index += len(rows)
         with settings.forward_context():
             out = family.compute_loss(model, to_device(batch, device), settings.options)
@@ -410,7 +420,9 @@ def _masked_blocks(family: Any, tokenizer: Any, split: Any, settings: EvalSettin
     pad = pad_id_of(tokenizer)
     index = 0
     for rows in batched(blocks(split, settings.block_size), settings.batch_size, settings.max_batches):
-        batch, generators = collate_blocks(collate, rows, settings.block_size, pad, settings.seed, index)
+        batch, generators = collate_blocks(
+            collate, rows, settings.block_size, pad, settings.seed, index, always_mask=family.block_lookahead > 0
+        )
         index += len(rows)
         yield to_device(batch, settings.device), generators, sum(len(r) for r in rows)
 

@@ -140,9 +140,10 @@ def check_family(family: Any, registry: Registry) -> list[str]:
         ids: list[int] = []
         for text in _sample_texts()[:20]:
             ids += separator + tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) < 2 * CHECK_BLOCK_SIZE:
+        if len(ids) < 2 * CHECK_BLOCK_SIZE + family.block_lookahead:
             return [*problems, f"its tokenizer produced only {len(ids)} tokens for {len(SAMPLE_TEXT)} characters"]
-        input_ids = torch.tensor([ids[:CHECK_BLOCK_SIZE], ids[CHECK_BLOCK_SIZE : 2 * CHECK_BLOCK_SIZE]])
+        width = CHECK_BLOCK_SIZE + family.block_lookahead  # packed rows, as training reads them
+        input_ids = torch.tensor([ids[:width], ids[CHECK_BLOCK_SIZE : CHECK_BLOCK_SIZE + width]])
         collate = family.make_collator(tokenizer, options)
         batch = collate(input_ids, None, torch.Generator().manual_seed(0))
         if not isinstance(batch, dict) or not batch:

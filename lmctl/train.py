@@ -120,15 +120,17 @@ class ExampleOrder:
 class BatchSource:
     """Turns example indices into padded token tensors from a prepared split (memory-mapped).
 
-    Packed data: example ``i`` of epoch ``e`` is the block ``tokens[o + i*T : o + (i+1)*T]``.  The
-    offset ``o`` is 0 in the first epoch and a seeded value in ``[0, T)`` in later ones, so repeated
-    epochs see new windows (nanoGPT samples random windows for the same reason) while the data
-    order stays a pure function of (seed, position) and resuming stays exact.
+    Packed data: example ``i`` of epoch ``e`` is the row ``tokens[o + i*T : o + (i+1)*T + L]``,
+    ``L`` being the family's ``block_lookahead`` (causal: 1, the target of the block's last
+    position).  The offset ``o`` is 0 in the first epoch and a seeded value in ``[0, T)`` in later
+    ones, so repeated epochs see new windows (nanoGPT samples random windows for the same reason)
+    while the data order stays a pure function of (seed, position) and resuming stays exact.
     """
 
-    def __init__(self, split: Any, block_size: int, pad_id: int, seed: int = 0) -> None:
+    def __init__(self, split: Any, block_size: int, pad_id: int, seed: int = 0, lookahead: int = 0) -> None:
         self.split = split
         self.block_size = block_size
+        self.width = block_size + lookahead
         self.pad_id = pad_id
         self.seed = seed
         self._offsets: dict[int, int] = {}
@@ -137,11 +139,12 @@ class BatchSource:
         if self.line_by_line:
             self.n = split.num_blocks(block_size)
         else:
-            shifted = (split.num_tokens - (block_size - 1)) // block_size
+            usable = split.num_tokens - lookahead  # every row needs its lookahead tokens after it
+            shifted = (usable - (block_size - 1)) // block_size
             if shifted >= 1:
                 self.n, self.max_offset = shifted, block_size - 1
             else:  # under two blocks of data: fixed boundaries
-                self.n = split.num_tokens // block_size
+                self.n = max(0, usable) // block_size
 
     def __len__(self) -> int:
         return self.n
@@ -162,7 +165,7 @@ class BatchSource:
             offsets = np.array([self.offset(int(e)) for e in epochs], dtype=np.int64)
             # Sorted reads are kinder to the page cache; the order within a batch does not matter.
             starts = np.sort(offsets + indices * self.block_size)
-            rows = self.split.tokens[starts[:, None] + np.arange(self.block_size)]
+            rows = self.split.tokens[starts[:, None] + np.arange(self.width)]
             return torch.from_numpy(rows.astype(np.int64)), None
         examples = [self.split.example(int(i), self.block_size) for i in indices]
         width = max(len(e) for e in examples)
@@ -399,7 +402,9 @@ class Trainer:
 
         train_split = self.data.split("train")
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.train_source = BatchSource(train_split, block_size, pad_id, seed=config.seed)
+        self.train_source = BatchSource(
+            train_split, block_size, pad_id, seed=config.seed, lookahead=family.block_lookahead
+        )
         if len(self.train_source) == 0:
             raise UsageError(
                 f"the training data has {train_split.num_tokens} tokens, less than one block of {block_size}: "
@@ -465,7 +470,9 @@ class Trainer:
 
         rng = torch.get_rng_state()
         try:
-            source = BatchSource(self.data.split("train"), block_size, tokenizer.pad_token_id or 0)
+            source = BatchSource(
+                self.data.split("train"), block_size, tokenizer.pad_token_id or 0, lookahead=self.family.block_lookahead
+            )
             count = min(self.config.batch_size, len(source))
             input_ids, mask = source.batch(np.arange(count))  # first-epoch blocks
             batch = self.family.make_collator(tokenizer, self.options)(input_ids, mask, torch.Generator().manual_seed(0))

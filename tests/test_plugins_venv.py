@@ -81,6 +81,10 @@ def test_install_use_and_uninstall_example_plugins_in_a_fresh_venv(tmp_path):
     assert rows["byte"]["tokenizer_trainers"] == ["byte"]
     check = run([*lmctl, "plugins", "check"], cwd=work, env=env)
     assert "2 plugin(s) checked, 0 problem(s)" in check.stdout
+    # The plugins' own test suites, against the installed plugins (pytest from the parent env).
+    suites = [str(tmp_path / name / "tests") for name in ("lmctl-byte", "lmctl-fim")]
+    own_tests = run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *suites], cwd=work, env=env)
+    assert " passed" in own_tests.stdout and "failed" not in own_tests.stdout
     # Installed in the venv only: the interpreter running the tests does not see them.
     outside = subprocess.run([sys.executable, "-m", "lmctl", "plugins", "list", "--json"], capture_output=True, text=True, cwd=REPO)
     assert "fim" not in {row["name"] for row in json.loads(outside.stdout)}

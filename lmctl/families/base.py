@@ -56,8 +56,9 @@ class LossOutput:
 
 
 Collator = Callable[..., dict]
-"""``collate(input_ids: LongTensor[B, T], attention_mask: LongTensor[B, T] | None,
-generator: torch.Generator) -> dict`` of model inputs, labels included."""
+"""``collate(input_ids: LongTensor[B, W], attention_mask: LongTensor[B, W] | None,
+generator: torch.Generator) -> dict`` of model inputs, labels included.  ``W`` is the block size,
+plus :attr:`Family.block_lookahead` for packed rows (those come without an attention mask)."""
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -129,6 +130,11 @@ class Family(ABC):
     ``generate`` honours the attention mask).  When False, only equal-length prompts share a batch."""
     pipeline_tag: ClassVar[str] = "text-generation"
     requires_even_block_size: ClassVar[bool] = False
+    block_lookahead: ClassVar[int] = 0
+    """Tokens a packed training row carries past ``--block-size``.  The collator receives rows of
+    ``block_size + block_lookahead`` tokens (consecutive rows overlap by that much) and returns
+    model inputs of ``block_size``.  ``causal`` sets 1: T inputs and the token after them give T
+    next-token targets per block, as nanoGPT and LitGPT train, instead of T - 1."""
     tokenizer_kind: ClassVar[str] = "bytelevel-bpe"
     """Default tokenizer trainer for ``--from-scratch`` runs of this family."""
     loss_is_nll: ClassVar[bool] = True

@@ -8,25 +8,18 @@ from lmctl.families.base import Family, FamilyOptions, LossOutput
 from lmctl.hookspecs import hookimpl
 
 
-def shifted_cross_entropy(logits: Any, labels: Any, label_smoothing: float = 0.0) -> tuple[Any, Any]:
-    """Next-token loss: position t predicts labels[t + 1].  Returns (mean loss, predicted tokens).
+def next_token_batch(input_ids: Any, attention_mask: Any = None, generator: Any = None) -> dict:
+    """A causal batch: ``labels`` are the tokens (Hugging Face convention: position t predicts
+    ``labels[t + 1]``, see :mod:`lmctl.losses`).
 
-    The labels are shifted instead of the logits, which avoids copying the [B, T, V] logits.
-    The mean divides by the number of predicted tokens (never padding), without a host sync.
+    Packed rows (no attention mask) carry :attr:`CausalFamily.block_lookahead` = 1 token past the
+    block: the model reads the first T and all T positions have a target.  Padded rows (line by
+    line) are the input itself; padding is labelled -100 and the last real token predicts nothing.
     """
-    import torch
-    import torch.nn.functional as F
-
-    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
-    total = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(),
-        shifted.reshape(-1),
-        ignore_index=-100,
-        reduction="sum",
-        label_smoothing=label_smoothing,
-    )
-    tokens = (shifted != -100).sum()
-    return total / tokens.clamp(min=1), tokens
+    if attention_mask is None:
+        return {"input_ids": input_ids[:, :-1], "labels": input_ids}
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
 class CausalFamily(Family):
@@ -43,6 +36,7 @@ class CausalFamily(Family):
     generate_kind = "text"
     pipeline_tag = "text-generation"
     tokenizer_kind = "bytelevel-bpe"
+    block_lookahead = 1  # T inputs + the token after them: every position has a target
 
     def special_tokens(self) -> dict[str, str]:
         return {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
@@ -56,19 +50,13 @@ class CausalFamily(Family):
         return super().build_config(architecture, overrides=overrides, **kwargs)
 
     def make_collator(self, tokenizer: Any, options: FamilyOptions) -> Any:
-        def collate(input_ids: Any, attention_mask: Any = None, generator: Any = None) -> dict:
-            labels = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, -100)
-            batch = {"input_ids": input_ids, "labels": labels}
-            if attention_mask is not None:
-                batch["attention_mask"] = attention_mask
-            return batch
-
-        return collate
+        return next_token_batch
 
     def compute_loss(self, model: Any, batch: dict, options: FamilyOptions) -> LossOutput:
+        from lmctl.losses import causal_lm_loss
+
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits = model(**inputs, use_cache=False).logits
-        loss, tokens = shifted_cross_entropy(logits, batch["labels"], options.label_smoothing)
+        loss, tokens = causal_lm_loss(model, inputs, batch["labels"], options.label_smoothing)
         return LossOutput(loss=loss, tokens=tokens)
 
     def evaluate(self, model: Any, tokenizer: Any, split: Any, settings: Any) -> dict:

@@ -90,13 +90,13 @@ def test_collator_is_seeded_keeps_shapes_and_predicts_everything(fim_tokenizer):
     eos = fim_tokenizer.eos_token_id
     doc = fim_tokenizer("The quick brown fox jumps over the lazy dog.", add_special_tokens=False)["input_ids"]
     row = ([eos] + doc) * 4
-    ids = torch.tensor([row[:32], row[5:37]])
+    ids = torch.tensor([row[:33], row[5:38]])  # packed rows: 32 inputs + the causal lookahead token
     a = collate(ids, None, torch.Generator().manual_seed(0))
     b = collate(ids, None, torch.Generator().manual_seed(0))
     c = collate(ids, None, torch.Generator().manual_seed(1))
-    assert a["input_ids"].shape == ids.shape
+    assert a["input_ids"].shape == (2, 32) and a["labels"].shape == ids.shape
     assert torch.equal(a["input_ids"], b["input_ids"]) and not torch.equal(a["input_ids"], c["input_ids"])
-    assert torch.equal(a["labels"], a["input_ids"])
+    assert torch.equal(a["labels"][:, :-1], a["input_ids"])  # every input position has a target
     prefix_id = fim_tokenizer.convert_tokens_to_ids(FIM_PREFIX)
     assert (a["input_ids"] == prefix_id).any()
 

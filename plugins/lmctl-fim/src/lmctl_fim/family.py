@@ -26,7 +26,7 @@ from typing import Any
 
 from lmctl.errors import UsageError
 from lmctl.families.base import FamilyOptions
-from lmctl.families.causal import CausalFamily
+from lmctl.families.causal import CausalFamily, next_token_batch
 
 FIM_PREFIX = "<|fim_prefix|>"
 FIM_MIDDLE = "<|fim_middle|>"
@@ -152,10 +152,7 @@ class FimFamily(CausalFamily):
                 out_ids[r, : len(new)] = torch.tensor(new, dtype=input_ids.dtype)
                 if out_mask is not None:
                     out_mask[r, : len(new)] = 1
-            labels = out_ids if out_mask is None else out_ids.masked_fill(out_mask == 0, -100)
-            batch = {"input_ids": out_ids, "labels": labels}
-            if out_mask is not None:
-                batch["attention_mask"] = out_mask
-            return batch
+            # Packed rows carry the causal family's lookahead token: inputs are all but the last.
+            return next_token_batch(out_ids, out_mask)
 
         return collate

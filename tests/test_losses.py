@@ -1,0 +1,107 @@
+"""The fused output layer + cross-entropy (lmctl.losses) against plain F.cross_entropy on logits."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+from lmctl.losses import FUSED_MODEL_TYPES, LinearCrossEntropy, causal_lm_loss, fused_output_layer  # noqa: E402
+
+
+def reference(hidden, weight, targets, smoothing=0.0):
+    return F.cross_entropy(hidden @ weight.t(), targets, ignore_index=-100, reduction="sum", label_smoothing=smoothing)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("rows", [7, 300, 1000])  # under one chunk, a few chunks, a ragged last chunk
+def test_fused_loss_and_gradients_match_cross_entropy(rows, smoothing):
+    gen = torch.Generator().manual_seed(rows)
+    vocab, dim = 1500, 24
+    hidden = torch.randn(rows, dim, generator=gen, dtype=torch.float64).float().requires_grad_()
+    weight = (0.3 * torch.randn(vocab, dim, generator=gen)).requires_grad_()
+    targets = torch.randint(vocab, (rows,), generator=gen)
+    targets[::5] = -100  # ignored positions contribute neither loss nor gradient
+
+    fused = LinearCrossEntropy.apply(hidden, weight, targets, smoothing)
+    (3.0 * fused).backward()  # a non-unit upstream gradient must scale both gradients
+    fused_grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    expected = reference(hidden, weight, targets, smoothing)
+    (3.0 * expected).backward()
+
+    assert fused.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.allclose(fused_grads[0], hidden.grad, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(fused_grads[1], weight.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_fused_loss_under_bf16_autocast_is_close_to_fp32():
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(256, 32, generator=gen, requires_grad=True)
+    weight = (0.2 * torch.randn(512, 32, generator=gen)).requires_grad_()
+    targets = torch.randint(512, (256,), generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = LinearCrossEntropy.apply(hidden, weight, targets)
+    fused.backward()
+    assert hidden.grad.dtype == torch.float32 and weight.grad.dtype == torch.float32
+    expected = reference(hidden.detach(), weight.detach(), targets)
+    assert fused.item() == pytest.approx(expected.item(), rel=1e-2)
+
+
+def tiny_model(model_type):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, OpenAIGPTConfig
+    from transformers import OpenAIGPTLMHeadModel
+
+    torch.manual_seed(0)
+    no_dropout = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}  # same masks in both passes
+    if model_type == "gpt2":
+        config = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=32, vocab_size=96, **no_dropout)
+        return GPT2LMHeadModel(config)
+    if model_type == "llama":
+        config = LlamaConfig(
+            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, hidden_size=32,
+            intermediate_size=64, max_position_embeddings=32, vocab_size=96,
+        )  # fmt: skip
+        return LlamaForCausalLM(config)
+    config = OpenAIGPTConfig(n_layer=2, n_head=2, n_embd=32, n_positions=32, vocab_size=96, **no_dropout)
+    return OpenAIGPTLMHeadModel(config)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama", "openai-gpt"])
+def test_causal_lm_loss_equals_the_models_own_labels_loss(model_type):
+    """Whatever path causal_lm_loss takes, it gives the model's own (transformers) loss and gradients."""
+    model = tiny_model(model_type)
+    model.train()
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(96, (3, 17), generator=gen)  # one token more than the input: 16 targets per row
+    ids[1, 10:] = 5
+    mask = torch.ones(3, 16, dtype=torch.long)
+    labels = ids.clone()
+    labels[2, 12:] = -100
+
+    inputs = {"input_ids": ids[:, :16], "attention_mask": mask}
+    loss, tokens = causal_lm_loss(model, inputs, labels)
+    loss.backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    # Independent: the model's logits for all 16 positions, targets ids[:, 1:17].
+    logits = model(**inputs).logits
+    targets = labels[:, 1:]
+    expected = F.cross_entropy(logits.reshape(-1, 96), targets.reshape(-1), ignore_index=-100)
+    expected.backward()
+
+    assert int(tokens) == int((targets != -100).sum())
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    for name, param in model.named_parameters():
+        assert torch.allclose(ours[name], param.grad, atol=1e-6, rtol=1e-4), name
+    assert (fused_output_layer(model) is not None) == (model_type in FUSED_MODEL_TYPES)
+
+
+def test_labels_as_long_as_the_input_leave_the_last_position_unscored():
+    model = tiny_model("gpt2")
+    ids = torch.randint(96, (2, 12), generator=torch.Generator().manual_seed(2))
+    loss, tokens = causal_lm_loss(model, {"input_ids": ids}, ids)
+    expected = model(input_ids=ids, labels=ids).loss  # transformers shifts its labels itself
+    assert int(tokens) == 2 * 11
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
