@@ -50,8 +50,14 @@ def test_fused_loss_under_bf16_autocast_is_close_to_fp32():
 
 
 def tiny_model(model_type):
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, OpenAIGPTConfig
-    from transformers import OpenAIGPTLMHeadModel
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        OpenAIGPTConfig,
+        OpenAIGPTLMHeadModel,
+    )
 
     torch.manual_seed(0)
     no_dropout = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}  # same masks in both passes
