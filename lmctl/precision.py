@@ -7,13 +7,22 @@ trained 1.65x faster, but the 0.8M-parameter nanoGPT shape got slower, casts dom
 AVX512-BF16-only chips training can be slower in bf16 throughout).  So training measures it:
 :func:`measure_faster_precision` times a few forward/backward passes in both precisions and keeps
 bf16 only when it is clearly faster.  Without a measurement (evaluation), a size rule decides.
+
+A measurement close to the margin could go either way from one run to the next, and the two
+precisions give (slightly) different numbers: so the first decision for a given CPU, software and
+training shape is remembered in ``cache_root()/precision.json`` and reused, which keeps the same
+command reproducible on the same machine.  Delete the file to measure again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import os
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 # Below this many parameters, bf16 autocast on a CPU costs more in casts than it saves.
@@ -61,14 +70,16 @@ def should_measure(name: str, device: Any) -> bool:
 
 
 def measure_faster_precision(
-    step: Callable[[str], float], *, repeats: int = 2, margin: float = 0.9, budget_s: float = 2.0
+    step: Callable[[str], float], *, repeats: int = 3, margin: float = 0.9, budget_s: float = 2.0
 ) -> tuple[str, dict[str, float]]:
     """Time ``step(precision)`` (one forward/backward, returning seconds) in fp32 and bf16.
 
     Each precision gets one warm-up call, then ``repeats`` timed calls, interleaved; bf16 wins
-    only when its best time is below ``margin`` x fp32's.  A model whose fp32 step takes longer
+    only when its median time is below ``margin`` x fp32's.  A model whose fp32 step takes longer
     than ``budget_s`` is not measured further: big models gain from bf16 on chips that have it.
     """
+    import statistics
+
     first = step("fp32")
     if first > budget_s:
         return "bf16", {"fp32": first}
@@ -77,8 +88,62 @@ def measure_faster_precision(
     for _ in range(repeats):
         for precision in times:
             times[precision].append(step(precision))
-    best = {precision: min(values) for precision, values in times.items()}
-    return ("bf16" if best["bf16"] < margin * best["fp32"] else "fp32"), best
+    median = {precision: statistics.median(values) for precision, values in times.items()}
+    return ("bf16" if median["bf16"] < margin * median["fp32"] else "fp32"), median
+
+
+def decision_key(shape: dict[str, Any]) -> str:
+    """What a measured choice depends on: the CPU, torch, the thread count and the training shape."""
+    import torch
+
+    cpu = "unknown cpu"
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    parts = [cpu, f"{os.cpu_count()} cpus", f"torch {torch.__version__}", f"{torch.get_num_threads()} threads"]
+    parts += [f"{k}={shape[k]}" for k in sorted(shape)]
+    return "; ".join(parts)
+
+
+def _decisions_path() -> Path:
+    from lmctl.prepare import cache_root
+
+    return cache_root() / "precision.json"
+
+
+def remembered_precision(key: str) -> dict[str, Any] | None:
+    """The decision recorded for ``key`` by an earlier run on this machine, if any."""
+    try:
+        entry = json.loads(_decisions_path().read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return entry if isinstance(entry, dict) and entry.get("precision") in ("fp32", "bf16") else None
+
+
+def remember_precision(key: str, precision: str, timings: dict[str, float]) -> None:
+    """Record a measured decision (best effort: a read-only cache only costs a new measurement)."""
+    path = _decisions_path()
+    with contextlib.suppress(OSError, ValueError):
+        try:
+            decisions = json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):  # none yet, or damaged: start afresh
+            decisions = {}
+        if not isinstance(decisions, dict):
+            decisions = {}
+        decisions[key] = {"precision": precision, "timings_s": timings}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written to a temporary file and renamed: concurrent runs never see half a file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".precision-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(decisions, handle, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def autocast_context(precision: str, device: Any) -> Any:

@@ -304,7 +304,14 @@ class Trainer:
         from lmctl.families.base import max_positions
         from lmctl.models import HubUnavailableError, check_tokenizer_matches, count_parameters
         from lmctl.plugins import resolve_family
-        from lmctl.precision import measure_faster_precision, resolve_precision, should_measure
+        from lmctl.precision import (
+            decision_key,
+            measure_faster_precision,
+            remember_precision,
+            remembered_precision,
+            resolve_precision,
+            should_measure,
+        )
         from lmctl.presets import preset_overrides
 
         config = self.config
@@ -369,13 +376,28 @@ class Trainer:
         if requested == "auto" and launcher_choice in ("no", "bf16", "fp16"):
             requested = {"no": "fp32"}.get(launcher_choice, launcher_choice)
         self.precision_timings: dict[str, float] = {}
+        self.precision_source = "requested" if requested != "auto" else "rule"
         saved_precision = self._saved_precision(config)
         if saved_precision and requested == "auto":
             self.precision = saved_precision  # a resumed run keeps the precision it started with
+            self.precision_source = "checkpoint"
         elif should_measure(requested, state.device):
-            self.precision, self.precision_timings = measure_faster_precision(
-                lambda precision: self._probe_step(model, tokenizer, block_size, precision)
-            )
+            shape = {
+                "family": family.name, "model_type": getattr(model.config, "model_type", "?"),
+                "parameters": self.n_params, "layers": getattr(model.config, "num_hidden_layers", None),
+                "vocab": getattr(model.config, "vocab_size", None), "block": block_size, "batch": config.batch_size,
+            }  # fmt: skip
+            key = decision_key(shape)
+            remembered = remembered_precision(key)
+            if remembered:
+                self.precision, self.precision_timings = remembered["precision"], remembered.get("timings_s", {})
+                self.precision_source = "remembered"
+            else:
+                self.precision, self.precision_timings = measure_faster_precision(
+                    lambda precision: self._probe_step(model, tokenizer, block_size, precision)
+                )
+                remember_precision(key, self.precision, self.precision_timings)
+                self.precision_source = "measured"
         else:
             self.precision = resolve_precision(requested, state.device, self.n_params)
         if state.num_processes > 1:  # every process must train in the main process's precision
@@ -718,7 +740,10 @@ class Trainer:
             batch = {k: v.to(acc.device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
             sync = contextlib.nullcontext() if micro == self.grad_accum - 1 else acc.no_sync(self.model)
             with sync:
-                out = self.family.compute_loss(self.model, batch, self.options)
+                # The whole loss under autocast, not only the model's forward (which Accelerate
+                # wraps): a family's own output layer (the fused cross-entropy) runs in bf16 too.
+                with acc.autocast():
+                    out = self.family.compute_loss(self.model, batch, self.options)
                 acc.backward(out.loss / self.grad_accum)
             step_loss += out.loss.detach() / self.grad_accum
             for key, value in out.metrics.items():
@@ -923,6 +948,7 @@ class Trainer:
                 "save_every": self.save_every,
                 "precision": self.precision,
                 "precision_timings_s": self.precision_timings,
+                "precision_source": self.precision_source,
                 "world_size": self.world,
                 "parameters": self.n_params,
                 "data": str(self.data.path.resolve()),

@@ -4,6 +4,7 @@ models built in-process (no hub, no network)."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LMCTL_QUIET_PLUGIN_WARNINGS", "")
+# Tests never write to the user's cache (prepared data, remembered precision choices).
+os.environ.setdefault("LMCTL_CACHE", tempfile.mkdtemp(prefix="lmctl-test-cache-"))
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
