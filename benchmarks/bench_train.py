@@ -185,7 +185,59 @@ def nanogpt(args: argparse.Namespace, work: Path) -> list[str]:
     ]
     if reference:
         lines.append("* nanoGPT runs: " + ", ".join(f"{r['seconds']:.1f} s / {r['val_loss']:.4f}" for r in reference))
-    return [*lines, ""]
+    if args.nanogpt:
+        lines += ["", *step_comparison(args.nanogpt)]
+    return [*lines, "", *nano_model_section(out, record, env)]
+
+
+def step_comparison(nanogpt_dir: Path) -> list[str]:
+    """Per-step cost of nanoGPT's model vs the transformers GPT-2 lmctl trains (benchmarks/nano_step.py)."""
+    result = run_measured([sys.executable, str(Path(__file__).resolve().parent / "nano_step.py"), str(nanogpt_dir)])
+    ms = json.loads(result["stdout"].strip().splitlines()[-1])
+    return [
+        "Where the wall-time gap comes from (`python benchmarks/nano_step.py NANOGPT_DIR`: the two models in one "
+        "process, interleaved, median ms; 12 x 64 characters):",
+        "",
+        "| | nanoGPT `GPT` (no biases, `nn.Linear`) | `transformers` GPT2LMHeadModel (lmctl) |",
+        "| --- | --- | --- |",
+        f"| training step (forward, backward, clip, AdamW) | {ms['nanogpt_step_ms']} | {ms['lmctl_gpt2_step_ms']} |",
+        f"| forward only | {ms['nanogpt_forward_ms']} | {ms['lmctl_gpt2_forward_ms']} |",
+        f"| forward + backward of 4 tokens (framework overhead) | {ms['nanogpt_4_tokens_fwd_bwd_ms']} | "
+        f"{ms['lmctl_gpt2_4_tokens_fwd_bwd_ms']} |",
+    ]
+
+
+def nano_model_section(out: Path, record: dict, env: dict[str, str]) -> list[str]:
+    """``lmctl eval`` and ``lmctl generate`` on the last nanoGPT-reference model."""
+    data = record["resolved"]["data"]  # the prepared directory of its implicit prepare
+    scores = json.loads(run_measured(lmctl("eval", "--model", str(out), "--data", data, "--block-size", "64", "--json"),
+                                     env=env)["stdout"])  # fmt: skip
+    scores = scores[0] if isinstance(scores, list) else scores
+    sample = [run_measured(lmctl("generate", "--model", str(out), "ROMEO:", "--seed", "0", "--max-new-tokens", "50"),
+                           env=env)["stdout"].strip() for _ in range(2)]  # fmt: skip
+    same = "twice byte-identically" if sample[0] == sample[1] else "NOT identically on a second run"
+    return [
+        "## The nanoGPT-reference model: evaluation and samples",
+        "",
+        "The model of the last lmctl run above, evaluated on the last 10% of tinyshakespeare (the validation split "
+        "its implicit `prepare` wrote, every character scored once in 64-token windows):",
+        "",
+        "```bash\nlmctl eval --model runs/nano --data PREPARED_DIR --block-size 64 --json\n```",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        f"| loss (nats per character) | {scores['loss']:.4f} |",
+        f"| perplexity | {scores['perplexity']:.4f} |",
+        f"| bits per byte | {scores['bits_per_byte']:.4f} |",
+        f"| tokens scored | {scores['tokens']:,} |",
+        "",
+        "The loss is the training run's final evaluation again (same code path, whole split).  nanoGPT's own "
+        "figure is an estimate over 20 random batches of 12 x 64 characters.",
+        "",
+        f"`lmctl generate --model runs/nano \"ROMEO:\" --seed 0 --max-new-tokens 50` printed, {same}: "
+        f"`{' '.join(sample[0].split())}`",
+        "",
+    ]
 
 
 def scaling(args: argparse.Namespace, work: Path) -> list[str]:

@@ -4,6 +4,7 @@
     python benchmarks/run.py                 # everything (about half an hour on 2 CPU cores)
     python benchmarks/run.py --only train    # one area: cli, prepare, train, eval, generate
     python benchmarks/run.py --assemble      # only rebuild docs/benchmarks.md from benchmarks/results/
+    python benchmarks/run.py --nanogpt DIR   # also run nanoGPT's train.py (a prepared checkout) side by side
 
 Each script writes its section to benchmarks/results/<area>.md; run them on a quiet machine
 (the figures are ratios measured side by side, but a loaded machine still skews them).
@@ -64,11 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=ORDER, action="append")
     parser.add_argument("--assemble", action="store_true", help="only rebuild docs/benchmarks.md")
+    parser.add_argument("--nanogpt", help="a nanoGPT checkout with data/shakespeare_char prepared (train benchmark)")
     args = parser.parse_args(argv)
     failures = []
     if not args.assemble:
         for area in args.only or ORDER:
             script, *options = AREAS[area]
+            if area == "train" and args.nanogpt:
+                options = [*options, "--nanogpt", args.nanogpt]
             print(f"== {area}: {script} {' '.join(options)}", file=sys.stderr)
             if subprocess.run([sys.executable, str(HERE / script), *options], cwd=REPO).returncode != 0:
                 failures.append(area)

@@ -381,7 +381,7 @@ class Trainer:
         if saved_precision and requested == "auto":
             self.precision = saved_precision  # a resumed run keeps the precision it started with
             self.precision_source = "checkpoint"
-        elif should_measure(requested, state.device):
+        elif should_measure(requested, state.device, self.n_params):
             shape = {
                 "family": family.name, "model_type": getattr(model.config, "model_type", "?"),
                 "parameters": self.n_params, "layers": getattr(model.config, "num_hidden_layers", None),

@@ -34,6 +34,17 @@ def test_bf16_is_kept_only_when_its_median_is_clearly_faster():
     assert measure_faster_precision(step) == ("bf16", {"fp32": 3.0}) and calls["bf16"] == 0
 
 
+def test_tiny_models_are_not_measured():
+    import torch
+
+    from lmctl.precision import CPU_BF16_MEASURE_MIN_PARAMETERS, should_measure
+
+    cpu = torch.device("cpu")
+    assert not should_measure("auto", cpu, CPU_BF16_MEASURE_MIN_PARAMETERS - 1)
+    assert not should_measure("fp32", cpu, 10**9)
+    assert not should_measure("auto", torch.device("cuda"), 10**9)  # GPUs: bf16 without measuring
+
+
 def test_decisions_are_remembered_per_key_and_survive_a_damaged_file(tmp_path, monkeypatch):
     from lmctl.precision import decision_key, remember_precision, remembered_precision
 
@@ -58,7 +69,7 @@ def test_a_second_auto_run_reuses_the_first_runs_measured_choice(prepared_for, t
     from lmctl.train import train
 
     monkeypatch.setenv("LMCTL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(lmctl.precision, "should_measure", lambda name, device: name == "auto")
+    monkeypatch.setattr(lmctl.precision, "should_measure", lambda name, device, params: name == "auto")
     measured = []
 
     def measure(step, **kwargs):
