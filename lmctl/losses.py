@@ -125,11 +125,26 @@ def _build_function() -> Any:
 
 
 def fused_output_layer(model: Any) -> Any | None:
-    """The bias-free linear output layer of a supported causal LM, or None (use its logits)."""
+    """The bias-free linear output layer of a supported causal LM, or None (use its logits).
+
+    Only for a model whose weights are whole tensors outside its forward pass: bare, under
+    DistributedDataParallel or torch.compile.  FSDP and DeepSpeed ZeRO shard the weights and
+    gather them only inside the forward, so those take the logits path.
+    """
     import torch
 
-    inner = getattr(model, "module", model)  # DistributedDataParallel / accelerate wrappers
-    inner = getattr(inner, "_orig_mod", inner)  # torch.compile
+    inner = model
+    while True:
+        kind = type(inner).__name__
+        if kind == "DistributedDataParallel":
+            inner = inner.module
+        elif kind == "OptimizedModule":  # torch.compile
+            inner = inner._orig_mod
+        else:
+            break
+    if any("FSDP" in cls.__name__ or "FullyShard" in cls.__name__ or "DeepSpeed" in cls.__name__
+           for cls in type(inner).__mro__):  # fmt: skip
+        return None
     config = getattr(inner, "config", None)
     if getattr(config, "model_type", None) not in FUSED_MODEL_TYPES:
         return None
@@ -138,6 +153,9 @@ def fused_output_layer(model: Any) -> Any | None:
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
     if not isinstance(head, torch.nn.Linear) or head.bias is not None:
         return None
+    weight = head.weight
+    if type(weight) is not torch.nn.Parameter or hasattr(weight, "ds_id") or weight.shape != (config.vocab_size, weight.shape[1]):
+        return None  # a DTensor (FSDP2), a ZeRO-3 partition or a resized view: not a whole matrix
     return head
 
 

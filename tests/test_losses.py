@@ -111,3 +111,15 @@ def test_labels_as_long_as_the_input_leave_the_last_position_unscored():
     expected = model(input_ids=ids, labels=ids).loss  # transformers shifts its labels itself
     assert int(tokens) == 2 * 11
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_sharded_models_take_the_logits_path():
+    """FSDP and DeepSpeed gather weights only inside the forward: the fused layer must not be used."""
+    model = tiny_model("gpt2")
+    assert fused_output_layer(model) is not None
+    assert fused_output_layer(torch.compile(model)) is not None  # compiled: the same whole weights
+    model.__class__ = type("FSDPGPT2LMHeadModel", (type(model),), {})  # how FSDP2 re-classes a module
+    assert fused_output_layer(model) is None
+    partitioned = tiny_model("gpt2")
+    partitioned.lm_head.weight.ds_id = 3  # what DeepSpeed ZeRO-3 puts on its partitioned parameters
+    assert fused_output_layer(partitioned) is None
