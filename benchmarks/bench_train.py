@@ -155,7 +155,8 @@ def nanogpt(args: argparse.Namespace, work: Path) -> list[str]:
         ref_seconds = statistics.median(r["seconds"] for r in reference)
         ref_val = statistics.median(r["val_loss"] for r in reference)
         ref_row = f"| nanoGPT train.py, same machine, interleaved | {ref_seconds:.1f} | {ref_val:.4f} (20-batch estimate) |"
-        ref_source = f"nanoGPT's train.py run in `{args.nanogpt.name}/` with `python {' '.join(NANOGPT_COMMAND)}`"
+        ref_source = (f"nanoGPT's train.py run in `{args.nanogpt.name}/` with `python {' '.join(NANOGPT_COMMAND)}` "
+                      "(how that checkout was made: see \"nanoGPT's wall time\" below)")  # fmt: skip
     else:
         ref_seconds, ref_val = NANOGPT_SECONDS, NANOGPT_VAL_LOSS
         ref_row = f"| nanoGPT train.py (reference figure, ../shared/bench/README.md) | {ref_seconds} | {ref_val} (20-batch estimate) |"
