@@ -83,6 +83,9 @@ def _build_function() -> Any:
                 grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=device)
                 total = torch.zeros((), dtype=torch.float32, device=device)
                 step = _chunk_rows(n, vocab, device)
+                # Label smoothing adds eps * (-mean_j log p_j) = eps * (lse - mean_j logit_j), and
+                # mean_j (h . w_j) = h . mean_j w_j: no second pass over the logits.
+                mean_w = w.float().mean(dim=0) if smoothing else None
                 for start in range(0, n, step):
                     hi, ti = h[start : start + step], targets[start : start + step]
                     valid = ti != IGNORE
@@ -95,10 +98,7 @@ def _build_function() -> Any:
                     lse = top.squeeze(1) + sums.log()
                     nll = lse - picked
                     if smoothing:
-                        # Label smoothing adds eps * (-mean_j log p_j) = eps * (lse - mean_j logit_j),
-                        # and mean_j (h . w_j) = h . mean_j w_j: no second pass over the logits.
-                        mean_logit = hi.float() @ w.float().mean(dim=0)
-                        nll = (1.0 - smoothing) * nll + smoothing * (lse - mean_logit)
+                        nll = (1.0 - smoothing) * nll + smoothing * (lse - hi.float() @ mean_w)
                     total += (nll * valid).sum()
                     # d(loss)/d(logits) = softmax - (1 - eps) * one_hot - eps / V, zero on ignored rows.
                     scale = valid.float() / sums

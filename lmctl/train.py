@@ -396,7 +396,8 @@ class Trainer:
                 self.precision, self.precision_timings = measure_faster_precision(
                     lambda precision: self._probe_step(model, tokenizer, block_size, precision)
                 )
-                remember_precision(key, self.precision, self.precision_timings)
+                if state.is_main_process:  # the others follow its choice (broadcast below)
+                    remember_precision(key, self.precision, self.precision_timings)
                 self.precision_source = "measured"
         else:
             self.precision = resolve_precision(requested, state.device, self.n_params)
