@@ -193,6 +193,36 @@ def test_later_epochs_cut_the_stream_at_seeded_offsets():
     assert last.shape == (1, 32) and int(last.max()) < 1000
 
 
+def test_causal_rows_carry_the_next_token_so_every_token_is_a_target():
+    """With a lookahead of 1, row i is tokens[i*T : (i+1)*T + 1]: every token after the first is the
+    target of exactly one input position in an epoch, and no row reads past the end of the data."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from lmctl.families.causal import next_token_batch
+    from lmctl.train import BatchSource
+
+    tokens = np.arange(1000, dtype=np.uint16)
+    split = SimpleNamespace(tokens=tokens, offsets=None, num_tokens=1000)
+    source = BatchSource(split, block_size=32, pad_id=0, seed=5, lookahead=1)
+    assert len(source) == (1000 - 1 - 31) // 32
+    rows, mask = source.batch(np.arange(len(source)), np.zeros(len(source), dtype=np.int64))
+    assert mask is None and rows.shape == (len(source), 33)
+    assert (rows[1:, 0] == rows[:-1, -1]).all()  # consecutive rows share one token
+    batch = next_token_batch(rows)
+    assert batch["input_ids"].shape == (len(source), 32) and torch.equal(batch["labels"], rows)
+    targets = batch["labels"][:, 1:].flatten().tolist()
+    assert targets == list(range(1, len(source) * 32 + 1))  # each once, in order, none skipped
+    for epoch in range(1, 30):  # shifted epochs stay inside the data
+        last, _ = source.batch(np.array([len(source) - 1]), np.array([epoch]))
+        assert int(last.max()) < 1000
+    # Padded rows (line by line) are the model input itself; padding is never a target.
+    ids = torch.tensor([[5, 6, 7, 0], [5, 6, 7, 8]])
+    padded = next_token_batch(ids, (ids != 0).long())
+    assert torch.equal(padded["input_ids"], ids) and padded["labels"][0].tolist() == [5, 6, 7, -100]
+
+
 def test_nan_loss_stops_with_saved_state(tmp_path, tokenizer_for):
     from lmctl.train import train
 
