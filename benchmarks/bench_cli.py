@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, machine  # noqa: E402
+from common import REPO, machine, write_section  # noqa: E402
 
 
 def timed(cmd: list[str]) -> float:
@@ -59,9 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         target = "< 0.3 s: " + ("met" if statistics.median(values) < 0.3 else "NOT met") if name.startswith("lmctl") and "help" in name else ""
         lines.append(f"| `{name}` | {statistics.median(values):.3f} | {target} |")
     lines.append("")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_section(args.out, lines)
     return 0
 
 

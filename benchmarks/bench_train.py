@@ -39,7 +39,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, SHARED, build_corpus, machine, run_measured, versions  # noqa: E402
+from common import REPO, SHARED, build_corpus, machine, run_measured, versions, write_section  # noqa: E402
 
 SEED = SHARED / "bench" / "seed_pipeline.py"
 SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
@@ -298,9 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             lines += nanogpt(args, work)
         if not args.skip_scaling:
             lines += scaling(args, work)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_section(args.out, lines)
     return 0
 
 

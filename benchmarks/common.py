@@ -45,6 +45,13 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     }
 
 
+def write_section(path: Path, lines: list[str]) -> None:
+    """Write a benchmark's markdown section to benchmarks/results/ (for run.py --assemble) and echo it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
