@@ -30,9 +30,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff: lint and formatting checks."""
-    session.install("ruff>=0.5")
+    """ruff, and import-linter's layer contracts (pyproject.toml, docs/architecture.md)."""
+    session.install("ruff>=0.5", "import-linter>=2.1")
     session.run("ruff", "check", "lmctl", "tests", "benchmarks", "noxfile.py")
+    # lint-imports analyses the source tree it runs in (no install needed).
+    session.run("lint-imports", "--no-cache", env={"PYTHONPATH": "."})
 
 
 @nox.session

@@ -3,7 +3,7 @@
 
 Same model, same windows, same batches on both sides:
 
-* tinyshakespeare (the Python docs when it is absent) prepared by ``lmctl.prepare`` with a
+* tinyshakespeare (the Python docs when it is absent) prepared by ``lmctl.workflows.prepare`` with a
   4096-token byte-level BPE and ``validation_split=0.1``: the validation split (the last 10%) is
   scored;
 * a GPT-2 of the nanoGPT shakespeare shape (4 layers, 4 heads, 128 wide, 128 positions) trained
@@ -12,7 +12,7 @@ Same model, same windows, same batches on both sides:
 
 The plain loop is what one writes by hand: the whole split as one tensor in memory, windows cut
 from it, ``model(x).logits`` over every position, ``cross_entropy`` on the scored positions.
-lmctl's timings are :func:`lmctl.evaluate.evaluate_model` end to end (reading the memory-mapped
+lmctl's timings are :func:`lmctl.workflows.evaluate.evaluate_model` end to end (reading the memory-mapped
 split, building windows and labels, the forward passes, the summing).  Both sides give the same
 total NLL (checked).  Each figure is the median of ``--runs`` interleaved runs.
 
@@ -96,12 +96,11 @@ def main() -> None:
     import torch
     import transformers
 
-    from lmctl.evaluate import evaluate_model
-    from lmctl.families.base import FamilyOptions
-    from lmctl.plugins import get_family
-    from lmctl.precision import autocast_context, resolve_precision
-    from lmctl.prepare import PrepareConfig, prepare
-    from lmctl.prepared import PreparedData
+    from lmctl.core.precision import autocast_context, resolve_precision
+    from lmctl.core.prepared import PreparedData
+    from lmctl.plugins.registry import get_family
+    from lmctl.workflows.evaluate import evaluate_model
+    from lmctl.workflows.prepare import PrepareConfig, prepare
 
     transformers.utils.logging.set_verbosity_error()
     if args.threads:
@@ -138,7 +137,7 @@ def main() -> None:
     train_seconds = time.perf_counter() - began
     model.eval()
     params = sum(p.numel() for p in model.parameters())
-    options = FamilyOptions()
+    options = family.default_options()
 
     def lmctl(stride: int, precision: str = "fp32") -> tuple[float, dict]:
         began = time.perf_counter()

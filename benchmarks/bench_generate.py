@@ -11,7 +11,7 @@ Same model, same prompts, same settings on both sides:
 
 Measured, each as the median of ``--runs`` interleaved runs:
 
-1. one prompt: ``model.generate`` vs ``lmctl.generate.generate_text`` (plain, as ``--json`` runs it)
+1. one prompt: ``model.generate`` vs ``lmctl.workflows.generate.generate_text`` (plain, as ``--json`` runs it)
    and with the streamer the terminal uses (every piece of text written to a sink);
 2. 16 prompts in one batch: ``model.generate`` on the padded batch vs ``generate_text``;
 3. the 16 prompts one after another with ``generate_text`` (batch size 1) vs one batch of 16.
@@ -52,8 +52,8 @@ def corpus_text() -> str:
 def build_model(out: Path, text: str) -> None:
     import torch
 
-    from lmctl.plugins import get_family
-    from lmctl.tokenizer_trainers import TRAINERS, as_transformers_tokenizer
+    from lmctl.data.tokenizer_trainers import TRAINERS, as_transformers_tokenizer
+    from lmctl.plugins.registry import get_family
 
     family = get_family("causal")
     special = family.special_tokens()
@@ -84,7 +84,7 @@ def main() -> None:
 
     import torch
 
-    from lmctl.generate import GenerationSettings, generate_text, load_model
+    from lmctl.workflows.generate import GenerationSettings, generate_text, load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -38,7 +38,7 @@ def main() -> int:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from lmctl.families.base import padded_vocab_size
-    from lmctl.losses import causal_lm_loss
+    from lmctl.kit.losses import causal_lm_loss
 
     torch.manual_seed(0)
     vocab, batch, block = 65, 12, 64  # shakespeare-char

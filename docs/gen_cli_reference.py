@@ -20,8 +20,8 @@ this page is stale.  Run `lmctl COMMAND --help` for the same text in your termin
 
 
 def commands() -> list[list[str]]:
-    from lmctl.cli import BUILTIN_COMMANDS
-    from lmctl.commands.plugins_cmd import app as plugins_app
+    from lmctl.plugins.commands import BUILTIN_COMMANDS
+    from lmctl.cli.plugins import app as plugins_app
 
     out: list[list[str]] = [[]]
     for name in BUILTIN_COMMANDS:
@@ -41,7 +41,7 @@ def help_text(args: list[str]) -> str:
     }
     # Run the CLI as the `lmctl` console script names itself (with `python -m lmctl` the usage
     # lines would read "python -m lmctl ..."), without depending on the script being on PATH.
-    entry = "import sys; sys.argv[0] = 'lmctl'; from lmctl.cli import main; main()"
+    entry = "import sys; sys.argv[0] = 'lmctl'; from lmctl.cli.app import main; main()"
     result = subprocess.run(
         [sys.executable, "-c", entry, *args, "--help"], capture_output=True, text=True, env=env, check=True
     )

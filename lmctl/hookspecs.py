@@ -92,7 +92,7 @@ def register_data_readers(register: Callable[[str, tuple[str, ...], Callable[...
     ``replace`` or ``ignore``, and ``document_split`` is ``lines``, ``blank-lines``, ``file`` or
     ``None`` (the reader's natural unit, e.g. one record).  Raise
     :class:`lmctl.errors.LmctlError` with one line naming the file for bad data.  The built-in
-    readers in :mod:`lmctl.readers` are examples.
+    readers in :mod:`lmctl.data.readers` are examples.
 
     :param register: ``register(name: str, extensions: tuple[str, ...], read_fn: Callable) -> None``.
 

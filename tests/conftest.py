@@ -51,8 +51,8 @@ def corpus_file(tmp_path: Path, corpus: str) -> Path:
 
 
 def train_tokenizer(family_name: str, kind: str | None = None, vocab_size: int = 320):
-    from lmctl.plugins import get_family
-    from lmctl.tokenizer_trainers import TRAINERS, as_transformers_tokenizer
+    from lmctl.data.tokenizer_trainers import TRAINERS, as_transformers_tokenizer
+    from lmctl.plugins.registry import get_family
 
     family = get_family(family_name)
     kind = kind or FAMILY_SETUP[family_name][1]
@@ -85,8 +85,8 @@ def tiny_model_dir(tmp_path_factory, tokenizer_for):
         if key not in cache:
             import torch
 
-            from lmctl.plugins import get_family
-            from lmctl.presets import preset_overrides
+            from lmctl.core.presets import preset_overrides
+            from lmctl.plugins.registry import get_family
 
             torch.manual_seed(0)
             family = get_family(family_name)
@@ -112,14 +112,14 @@ def shared_data(name: str) -> Path:
 
 
 def write_prepared(out: Path, tokenizer, family_name: str, train_text: str, validation_text: str | None = None, block_size: int = 32) -> Path:
-    """Write a prepared directory directly (independent of lmctl.prepare): documents are blank-line
+    """Write a prepared directory directly (independent of lmctl.workflows.prepare): documents are blank-line
     separated paragraphs, each preceded by the family's separator, as lmctl/prepared.py specifies."""
     import json
 
     import numpy as np
 
-    from lmctl.plugins import get_family
-    from lmctl.prepared import FORMAT_NAME, FORMAT_VERSION
+    from lmctl.core.prepared import FORMAT_NAME, FORMAT_VERSION
+    from lmctl.plugins.registry import get_family
 
     family = get_family(family_name)
     out.mkdir(parents=True, exist_ok=True)

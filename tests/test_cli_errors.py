@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lmctl.cli import add_plugin_commands, app
+from lmctl.cli.app import add_plugin_commands, app
 from tests.conftest import REPO, corpus_text, train_tokenizer, write_prepared
 
 add_plugin_commands(app)
@@ -59,7 +59,7 @@ def world(tmp_path_factory, tiny_model_dir, tokenizer_for) -> World:
     root = tmp_path_factory.mktemp("cli-errors")
     text = corpus_text(20_000)
     cut = int(len(text) * 0.9)
-    from lmctl.models import load_tokenizer
+    from lmctl.core.hub import load_tokenizer
 
     causal = tiny_model_dir("causal")
     w = World(

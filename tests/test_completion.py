@@ -29,7 +29,7 @@ def complete(env: dict[str, str]) -> tuple[list[str], set[str]]:
     if script is not None:
         command = [sys.executable, "-X", "importtime", script]
     else:  # not installed as a script: the same entry point, named as the script names itself
-        command = [sys.executable, "-X", "importtime", "-c", "import sys; sys.argv[0] = 'lmctl'; from lmctl.cli import main; main()"]
+        command = [sys.executable, "-X", "importtime", "-c", "import sys; sys.argv[0] = 'lmctl'; from lmctl.cli.app import main; main()"]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     imported = {m.group(1) for m in re.finditer(r"^import time:.*\|\s*(\S+)\s*$", result.stderr, re.M)}

@@ -35,8 +35,8 @@ def causal_run(tmp_path_factory, tokenizer_for):
     saved with its tokenizer; plus prepared data (block 32) made with the same tokenizer."""
     import torch
 
-    from lmctl.plugins import get_family
-    from lmctl.presets import preset_overrides
+    from lmctl.core.presets import preset_overrides
+    from lmctl.plugins.registry import get_family
 
     tokenizer = tokenizer_for("causal")
     family = get_family("causal")
@@ -60,8 +60,8 @@ def causal_run(tmp_path_factory, tokenizer_for):
 
 
 def load(model_dir):
-    from lmctl.models import load_tokenizer
-    from lmctl.plugins import resolve_family
+    from lmctl.core.hub import load_tokenizer
+    from lmctl.plugins.registry import resolve_family
 
     family = resolve_family(str(model_dir))
     return family, family.load_pretrained(str(model_dir)).eval(), load_tokenizer(str(model_dir))
@@ -99,8 +99,8 @@ def reference_causal_nll(model, ids: list[int], block_size: int, stride: int) ->
 
 @pytest.mark.parametrize("stride", [32, 16])
 def test_causal_matches_independent_strided_loop(causal_run, stride):
-    from lmctl.evaluate import evaluate_model
-    from lmctl.prepared import PreparedData
+    from lmctl.core.prepared import PreparedData
+    from lmctl.workflows.evaluate import evaluate_model
 
     model_dir, prepared, valid_text = causal_run
     family, model, tokenizer = load(model_dir)
@@ -122,8 +122,8 @@ def test_causal_matches_independent_strided_loop(causal_run, stride):
 
 def test_sliding_windows_give_more_context(causal_run):
     """Smaller strides see more context: the trained model's loss goes down (the windows differ)."""
-    from lmctl.evaluate import evaluate_model
-    from lmctl.prepared import PreparedData
+    from lmctl.core.prepared import PreparedData
+    from lmctl.workflows.evaluate import evaluate_model
 
     model_dir, prepared, _ = causal_run
     family, model, tokenizer = load(model_dir)
@@ -135,7 +135,7 @@ def test_sliding_windows_give_more_context(causal_run):
 
 
 def test_window_plan_scores_every_token_once():
-    from lmctl.evaluate import causal_windows, in_place_windows
+    from lmctl.kit.scoring import causal_windows, in_place_windows
 
     seq = np.arange(100)
     for block, stride in [(32, 32), (32, 16), (32, 1), (7, 3), (200, 5)]:
@@ -154,8 +154,8 @@ def test_window_plan_scores_every_token_once():
 
 
 def test_max_batches_is_a_partial_token_weighted_estimate(causal_run):
-    from lmctl.evaluate import evaluate_model
-    from lmctl.prepared import PreparedData
+    from lmctl.core.prepared import PreparedData
+    from lmctl.workflows.evaluate import evaluate_model
 
     model_dir, prepared, _ = causal_run
     family, model, tokenizer = load(model_dir)
@@ -169,8 +169,8 @@ def test_max_batches_is_a_partial_token_weighted_estimate(causal_run):
 
 
 def test_modes_restored_and_no_gradients(causal_run):
-    from lmctl.evaluate import evaluate_model
-    from lmctl.prepared import PreparedData
+    from lmctl.core.prepared import PreparedData
+    from lmctl.workflows.evaluate import evaluate_model
 
     model_dir, prepared, _ = causal_run
     family, model, tokenizer = load(model_dir)
@@ -184,9 +184,9 @@ def test_modes_restored_and_no_gradients(causal_run):
 
 
 def test_argument_checks(causal_run):
+    from lmctl.core.prepared import PreparedData
     from lmctl.errors import UsageError
-    from lmctl.evaluate import evaluate_model
-    from lmctl.prepared import PreparedData
+    from lmctl.workflows.evaluate import evaluate_model
 
     model_dir, prepared, _ = causal_run
     family, model, tokenizer = load(model_dir)
@@ -200,10 +200,10 @@ def test_default_family_evaluate_is_token_weighted_compute_loss(causal_run):
     """A plugin family without its own evaluate(): the training loss over blocks, token-weighted."""
     import torch
 
-    from lmctl.evaluate import evaluate_model
+    from lmctl.core.prepared import PreparedData
     from lmctl.families.base import Family
     from lmctl.families.causal import CausalFamily
-    from lmctl.prepared import PreparedData
+    from lmctl.workflows.evaluate import evaluate_model
 
     class PluginFamily(CausalFamily):
         name = "plugin-causal"
@@ -229,9 +229,9 @@ def test_default_family_evaluate_is_token_weighted_compute_loss(causal_run):
 def test_bf16_perplexity_close_to_fp32(causal_run):
     import torch
 
-    from lmctl.evaluate import evaluate_model
-    from lmctl.precision import autocast_context
-    from lmctl.prepared import PreparedData
+    from lmctl.core.precision import autocast_context
+    from lmctl.core.prepared import PreparedData
+    from lmctl.workflows.evaluate import evaluate_model
 
     model_dir, prepared, _ = causal_run
     family, model, tokenizer = load(model_dir)
@@ -253,8 +253,8 @@ def write_line_by_line(
     """A line-by-line prepared directory as lmctl/prepared.py specifies: one example per line
     (the tokenizer's own special tokens, else the separator first: ``separator=False`` leaves it
     out, as data written by other tools may), with n + 1 offsets."""
-    from lmctl.plugins import get_family
-    from lmctl.prepared import FORMAT_NAME, FORMAT_VERSION
+    from lmctl.core.prepared import FORMAT_NAME, FORMAT_VERSION
+    from lmctl.plugins.registry import get_family
 
     family = get_family(family_name)
     out.mkdir(parents=True, exist_ok=True)
@@ -312,8 +312,8 @@ def test_causal_padding_never_counted(causal_run, tmp_path, separator):
     Examples stored without a leading separator are scored with one (the BOS starts the text)."""
     import torch
 
-    from lmctl.evaluate import evaluate_model
-    from lmctl.prepared import PreparedData
+    from lmctl.core.prepared import PreparedData
+    from lmctl.workflows.evaluate import evaluate_model
 
     model_dir, _, _ = causal_run
     family, model, tokenizer = load(model_dir)
@@ -343,15 +343,16 @@ def masked_model(tiny_model_dir):
 def test_masked_padding_never_counted(masked_model, tmp_path):
     """Bidirectional model: short lines padded in a batch of 8 give the same masked loss and the
     same pseudo-perplexity as the lines one by one (masks are seeded per example, not per batch)."""
-    from lmctl.evaluate import evaluate_model
-    from lmctl.prepared import PreparedData
+    from lmctl.core.prepared import PreparedData
+    from lmctl.families.base import parse_options
+    from lmctl.workflows.evaluate import evaluate_model
 
     family, model, tokenizer = load(masked_model)
     for pseudo, n_lines in ((False, 40), (True, 12)):  # pseudo-perplexity: one forward per token
         prepared = write_line_by_line(tmp_path / f"lines{n_lines}", tokenizer, "masked", short_lines(n_lines))
         split = PreparedData(prepared).split("validation")
-        batched = evaluate_model(model, family, tokenizer, split, block_size=32, batch_size=8, pseudo_perplexity=pseudo)
-        alone = evaluate_model(model, family, tokenizer, split, block_size=32, batch_size=1, pseudo_perplexity=pseudo)
+        batched = evaluate_model(model, family, tokenizer, split, block_size=32, batch_size=8, options=parse_options(family, {"pseudo_perplexity": pseudo}))
+        alone = evaluate_model(model, family, tokenizer, split, block_size=32, batch_size=1, options=parse_options(family, {"pseudo_perplexity": pseudo}))
         assert batched["tokens"] == alone["tokens"] > 0
         assert rel(batched["loss"], alone["loss"]) < 1e-5
 
@@ -367,8 +368,8 @@ def masked_prepared(tmp_path_factory, tokenizer_for):
 
 
 def test_masked_perplexity_is_seeded(masked_model, masked_prepared):
-    from lmctl.evaluate import evaluate_model
-    from lmctl.prepared import PreparedData
+    from lmctl.core.prepared import PreparedData
+    from lmctl.workflows.evaluate import evaluate_model
 
     family, model, tokenizer = load(masked_model)
     split = PreparedData(masked_prepared).split("validation")
@@ -386,9 +387,10 @@ def test_masked_perplexity_matches_independent_masking(masked_model, masked_prep
     """The same seeded masks applied by hand, scored with the model's own `labels` loss."""
     import torch
 
-    from lmctl.evaluate import evaluate_model, seeded_generator
+    from lmctl.core.prepared import PreparedData
     from lmctl.families.base import mask_tokens
-    from lmctl.prepared import PreparedData
+    from lmctl.kit.scoring import seeded_generator
+    from lmctl.workflows.evaluate import evaluate_model
 
     family, model, tokenizer = load(masked_model)
     split = PreparedData(masked_prepared).split("validation")
@@ -416,12 +418,13 @@ def test_masked_perplexity_matches_independent_masking(masked_model, masked_prep
 def test_pseudo_perplexity_matches_one_mask_at_a_time(masked_model, masked_prepared):
     import torch
 
-    from lmctl.evaluate import evaluate_model
-    from lmctl.prepared import PreparedData
+    from lmctl.core.prepared import PreparedData
+    from lmctl.families.base import parse_options
+    from lmctl.workflows.evaluate import evaluate_model
 
     family, model, tokenizer = load(masked_model)
     split = PreparedData(masked_prepared).split("validation")
-    result = evaluate_model(model, family, tokenizer, split, block_size=32, batch_size=16, pseudo_perplexity=True, max_batches=4)
+    result = evaluate_model(model, family, tokenizer, split, block_size=32, batch_size=16, options=parse_options(family, {"pseudo_perplexity": True}), max_batches=4)
     # The first 64 queries: block 0 then block 1, one masked token each, in order.
     ids = np.asarray(split.tokens, dtype=np.int64)
     specials = set(tokenizer.all_special_ids)
@@ -449,7 +452,7 @@ def test_xlnet_left_to_right_sees_only_the_past(tiny_model_dir):
     nothing, so XLNet spreads its attention everywhere there: it is never a target)."""
     import torch
 
-    from lmctl.evaluate import xlnet_left_to_right_inputs
+    from lmctl.families.permuted import xlnet_left_to_right_inputs
 
     _, model, tokenizer = load(tiny_model_dir("permuted"))
     ids = torch.randint(5, len(tokenizer), (1, 24), generator=torch.Generator().manual_seed(0))
@@ -464,8 +467,8 @@ def test_xlnet_left_to_right_sees_only_the_past(tiny_model_dir):
 
 
 def test_permuted_plm_and_left_to_right(tiny_model_dir, tokenizer_for, tmp_path):
-    from lmctl.evaluate import evaluate_model
-    from lmctl.prepared import PreparedData
+    from lmctl.core.prepared import PreparedData
+    from lmctl.workflows.evaluate import evaluate_model
 
     family, model, tokenizer = load(tiny_model_dir("permuted"))
     train_text, valid_text = texts()
@@ -481,7 +484,7 @@ def test_permuted_plm_and_left_to_right(tiny_model_dir, tokenizer_for, tmp_path)
 
 
 def test_roc_auc_matches_pairwise_definition():
-    from lmctl.evaluate import roc_auc
+    from lmctl.kit.scoring import roc_auc
 
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 6, 300).astype(float)  # many ties
@@ -494,8 +497,8 @@ def test_roc_auc_matches_pairwise_definition():
 
 def test_electra_metrics(tiny_model_dir, tmp_path):
 
-    from lmctl.evaluate import evaluate_model
-    from lmctl.prepared import PreparedData
+    from lmctl.core.prepared import PreparedData
+    from lmctl.workflows.evaluate import evaluate_model
 
     family, model, tokenizer = load(tiny_model_dir("electra"))
     train_text, valid_text = texts()
@@ -516,14 +519,14 @@ def test_electra_metrics(tiny_model_dir, tmp_path):
 
 
 def run_cli(*args: str):
-    from lmctl.cli import app
+    from lmctl.cli.app import app
 
     return CliRunner().invoke(app, ["eval", *args])
 
 
 def test_cli_json_and_out_file(causal_run, tmp_path):
-    from lmctl.evaluate import evaluate_model
-    from lmctl.prepared import PreparedData
+    from lmctl.core.prepared import PreparedData
+    from lmctl.workflows.evaluate import evaluate_model
 
     model_dir, prepared, _ = causal_run
     out = tmp_path / "results" / "eval.jsonl"
@@ -554,7 +557,7 @@ def test_cli_same_number_in_a_fresh_process(masked_model, masked_prepared):
 
 
 def test_cli_several_models_in_one_table(causal_run, tiny_model_dir, monkeypatch):
-    from lmctl.ui import format_number
+    from lmctl.cli.display import format_number
 
     model_dir, prepared, _ = causal_run
     untrained = tiny_model_dir("causal")  # same tokenizer, no training
@@ -580,8 +583,8 @@ def test_cli_raw_text_file(causal_run, tokenizer_for, tmp_path, monkeypatch):
     file's UTF-8 bytes, so models with different tokenizers share `bytes` and `text_hash`."""
     import torch
 
-    from lmctl.plugins import get_family
-    from lmctl.presets import preset_overrides
+    from lmctl.core.presets import preset_overrides
+    from lmctl.plugins.registry import get_family
 
     monkeypatch.setenv("LMCTL_CACHE", str(tmp_path / "cache"))
     model_dir, _, valid_text = causal_run
@@ -626,7 +629,7 @@ def test_cli_errors(causal_run, masked_model, tmp_path):
 def test_cli_usage_errors(causal_run):
     model_dir, prepared, _ = causal_run
     pseudo = run_cli("--model", str(model_dir), "--data", str(prepared), "--pseudo-perplexity")
-    assert pseudo.exit_code == 2 and "masked models" in pseudo.stderr
+    assert pseudo.exit_code == 2 and "has no option 'pseudo_perplexity'" in pseudo.stderr
     stride = run_cli("--model", str(model_dir), "--data", str(prepared), "--stride", "40")
     assert stride.exit_code == 2 and "--stride" in stride.stderr
     precision = run_cli("--model", str(model_dir), "--data", str(prepared), "--precision", "fp8")
@@ -634,7 +637,7 @@ def test_cli_usage_errors(causal_run):
 
 
 def test_default_block_size():
-    from lmctl.evaluate import EvalConfig, resolve_block_size
+    from lmctl.workflows.evaluate import EvalConfig, resolve_block_size
 
     config = EvalConfig(models=["m"], data=["d"])
     assert resolve_block_size(config, [1024], 128) == 128  # the data's block size
@@ -653,7 +656,7 @@ def test_cli_electra_without_generator_is_refused(tiny_model_dir, tmp_path):
     shutil.copytree(source, copy)
     shutil.rmtree(copy / "generator")
     train_text, valid_text = texts()
-    from lmctl.models import load_tokenizer
+    from lmctl.core.hub import load_tokenizer
 
     prepared = write_prepared(tmp_path / "p", load_tokenizer(str(copy)), "electra", train_text, valid_text[:500])
     result = run_cli("--model", str(copy), "--data", str(prepared))
@@ -661,5 +664,5 @@ def test_cli_electra_without_generator_is_refused(tiny_model_dir, tmp_path):
 
 
 def test_eval_command_imports_no_torch():
-    code = "import sys, lmctl.cli, lmctl.commands.eval_cmd; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, lmctl.cli.app, lmctl.cli.eval; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -75,7 +75,7 @@ def lmctl(argv: list[str]) -> object:
     """Run ``lmctl ARGS`` in-process through the real CLI; fail with its output if it fails."""
     from typer.testing import CliRunner
 
-    from lmctl.cli import app
+    from lmctl.cli.app import app
 
     assert argv[0] == "lmctl", argv
     result = CliRunner().invoke(app, argv[1:])
@@ -135,8 +135,8 @@ def tiny_roberta(tmp_path_factory, tokenizer_for) -> Path:
     """A tiny RobertaForMaskedLM saved with a WordPiece tokenizer: stands in for distilroberta-base."""
     import torch
 
-    from lmctl.plugins import get_family
-    from lmctl.presets import preset_overrides
+    from lmctl.core.presets import preset_overrides
+    from lmctl.plugins.registry import get_family
 
     torch.manual_seed(0)
     family = get_family("masked")
@@ -157,11 +157,11 @@ def test_every_example_is_run():
 def test_every_example_is_a_valid_train_config(tokenizer_for):
     """Each file parses, names only known settings and validates; a from-scratch example's model
     config (at its real size, before any test shrinks it) is one its architecture accepts."""
+    from lmctl.core.presets import preset_overrides
     from lmctl.families.base import parse_override
     from lmctl.families.electra import generator_config
-    from lmctl.plugins import resolve_family
-    from lmctl.presets import preset_overrides
-    from lmctl.train_config import load_config_file, merge
+    from lmctl.plugins.registry import resolve_family
+    from lmctl.workflows.train.config import load_config_file, merge
 
     for path in sorted(EXAMPLES.glob("*.toml")):
         config = merge(load_config_file(path), {})
@@ -254,8 +254,8 @@ def test_finetune_masked_other_architectures(workdir, tokenizer_for, arch):
     albert-base-v2, camembert-base), as tiny models of the same architectures."""
     import torch
 
-    from lmctl.plugins import get_family
-    from lmctl.presets import preset_overrides
+    from lmctl.core.presets import preset_overrides
+    from lmctl.plugins.registry import get_family
 
     torch.manual_seed(0)
     family = get_family("masked")
@@ -343,7 +343,7 @@ def test_plm_refuses_an_odd_block_size(workdir, tiny_model_dir):
     base = str(tiny_model_dir("permuted"))
     from typer.testing import CliRunner
 
-    from lmctl.cli import app
+    from lmctl.cli.app import app
 
     result = CliRunner().invoke(
         app, ["train", "--config", str(EXAMPLES / "run_plm_xlnet.toml"), "--model", base, *TINY, "--block-size", "31"]
@@ -463,7 +463,7 @@ def test_scratch_electra_generator_discriminator_and_export(workdir):
 
 
 def strided_nll(model, ids: list[int], block: int, stride: int) -> tuple[float, int]:
-    """Total next-token NLL of ids[1:], written independently of lmctl.evaluate: the first window
+    """Total next-token NLL of ids[1:], written independently of lmctl.workflows.evaluate: the first window
     scores its ``block`` predictions; each later window holds the ``block`` tokens before its last
     target and scores only its last ``stride`` predictions (NeMo's predict_last_k)."""
     import torch

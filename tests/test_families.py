@@ -13,9 +13,8 @@ def test_family_round_trip(family_name, tokenizer_for, tmp_path):
     import torch
     import transformers
 
-    from lmctl.families.base import FamilyOptions
-    from lmctl.plugins import get_family
-    from lmctl.presets import preset_overrides
+    from lmctl.core.presets import preset_overrides
+    from lmctl.plugins.registry import get_family
 
     torch.manual_seed(0)
     family = get_family(family_name)
@@ -23,7 +22,7 @@ def test_family_round_trip(family_name, tokenizer_for, tmp_path):
     tokenizer = tokenizer_for(family_name)
     model = family.build_from_scratch(arch, tokenizer=tokenizer, block_size=32, overrides=preset_overrides(arch, "tiny"))
     assert model.config.vocab_size % 64 == 0 and model.config.vocab_size >= len(tokenizer)
-    options = FamilyOptions()
+    options = family.default_options()
     collate = family.make_collator(tokenizer, options)
     ids = tokenizer("The quick brown fox jumps over the lazy dog. " * 8, add_special_tokens=False)["input_ids"]
     input_ids = torch.tensor([ids[:32], ids[32:64]])
@@ -51,7 +50,7 @@ def test_family_round_trip(family_name, tokenizer_for, tmp_path):
 
 
 def test_family_resolution_from_config(tiny_model_dir):
-    from lmctl.plugins import resolve_family
+    from lmctl.plugins.registry import resolve_family
 
     for family_name in FAMILY_SETUP:
         assert resolve_family(str(tiny_model_dir(family_name))).name == family_name

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lmctl.cli import app
+from lmctl.cli.app import app
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = ["The quick brown fox", "Hello", "class definitions are statements", "x = 1 + 2 * 3"]
@@ -27,8 +27,8 @@ runner = CliRunner()
 def _shaken_copy(source: Path, out: Path, family_name: str, scale: float = 0.3) -> Path:
     import torch
 
-    from lmctl.models import load_tokenizer
-    from lmctl.plugins import get_family
+    from lmctl.core.hub import load_tokenizer
+    from lmctl.plugins.registry import get_family
 
     family = get_family(family_name)
     model = family.load_for_inference(str(source))
@@ -52,14 +52,14 @@ def permuted_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def causal(causal_dir):
-    from lmctl.generate import load_model
+    from lmctl.workflows.generate import load_model
 
     return load_model(str(causal_dir), device="cpu")
 
 
 @pytest.fixture(scope="module")
 def masked(tiny_model_dir):
-    from lmctl.generate import load_model
+    from lmctl.workflows.generate import load_model
 
     return load_model(str(tiny_model_dir("masked")), device="cpu")
 
@@ -91,7 +91,7 @@ def test_greedy_equals_a_hand_written_argmax_loop(causal):
     """The whole path (encode, left pad, KV cache, decode) against a no-cache argmax loop."""
     import torch
 
-    from lmctl.generate import GenerationSettings, continuation_text, encode_prompt, generate_text
+    from lmctl.workflows.generate import GenerationSettings, continuation_text, encode_prompt, generate_text
 
     settings = GenerationSettings(greedy=True, max_new_tokens=12, min_new_tokens=12)
     result = generate_text(causal.model, causal.tokenizer, [PROMPTS[0]], settings)[0]
@@ -109,7 +109,13 @@ def test_greedy_equals_a_hand_written_argmax_loop(causal):
 
 @pytest.mark.parametrize("family_name", ["causal", "permuted"])
 def test_a_batch_gives_the_same_text_as_one_by_one(family_name, causal_dir, permuted_dir):
-    from lmctl.generate import GenerationSettings, continuation_text, encode_prompt, generate_text, load_model
+    from lmctl.workflows.generate import (
+        GenerationSettings,
+        continuation_text,
+        encode_prompt,
+        generate_text,
+        load_model,
+    )
 
     loaded = load_model(str(causal_dir if family_name == "causal" else permuted_dir), device="cpu")
     settings = GenerationSettings(greedy=True, max_new_tokens=10, batch_size=8)
@@ -127,14 +133,14 @@ def test_a_batch_gives_the_same_text_as_one_by_one(family_name, causal_dir, perm
 
 
 def test_permuted_batches_only_prompts_of_equal_length():
-    from lmctl.generate import plan_batches
+    from lmctl.workflows.generate import plan_batches
 
     assert plan_batches([3, 5, 3, 3, 5], 2, padding=False) == [[0, 2], [3], [1, 4]]
     assert plan_batches([3, 5, 3, 3, 5], 2, padding=True) == [[0, 1], [2, 3], [4]]
 
 
 def test_same_seed_same_output_other_seed_differs(causal):
-    from lmctl.generate import GenerationSettings, generate_text
+    from lmctl.workflows.generate import GenerationSettings, generate_text
 
     def run(seed: int) -> list[str]:
         settings = GenerationSettings(seed=seed, max_new_tokens=16, min_new_tokens=16)
@@ -145,7 +151,7 @@ def test_same_seed_same_output_other_seed_differs(causal):
 
 
 def test_top_k_1_top_p_tiny_and_temperature_0_are_greedy(causal):
-    from lmctl.generate import GenerationSettings, generate_text
+    from lmctl.workflows.generate import GenerationSettings, generate_text
 
     def texts(**kw) -> list[str]:
         settings = GenerationSettings(max_new_tokens=10, min_new_tokens=10, seed=3, **kw)
@@ -161,7 +167,7 @@ def test_top_k_1_top_p_tiny_and_temperature_0_are_greedy(causal):
 def test_repetition_penalty_reaches_generate(causal):
     import torch
 
-    from lmctl.generate import GenerationSettings, encode_prompt, generate_text
+    from lmctl.workflows.generate import GenerationSettings, encode_prompt, generate_text
 
     settings = GenerationSettings(greedy=True, max_new_tokens=12, min_new_tokens=12, repetition_penalty=5.0)
     result = generate_text(causal.model, causal.tokenizer, [PROMPTS[1]], settings)[0]
@@ -181,7 +187,7 @@ def test_repetition_penalty_reaches_generate(causal):
 
 
 def test_num_return_sequences(causal):
-    from lmctl.generate import GenerationSettings, generate_text
+    from lmctl.workflows.generate import GenerationSettings, generate_text
 
     settings = GenerationSettings(
         num_return_sequences=3, max_new_tokens=8, min_new_tokens=8, seed=0, batch_size=1
@@ -192,7 +198,13 @@ def test_num_return_sequences(causal):
 
 
 def test_max_new_tokens_and_eos_from_generation_config(causal_dir):
-    from lmctl.generate import GenerationSettings, encode_prompt, generate_text, generation_kwargs, load_model
+    from lmctl.workflows.generate import (
+        GenerationSettings,
+        encode_prompt,
+        generate_text,
+        generation_kwargs,
+        load_model,
+    )
 
     loaded = load_model(str(causal_dir), device="cpu")
     greedy5 = GenerationSettings(greedy=True, max_new_tokens=5)
@@ -218,7 +230,7 @@ def test_max_new_tokens_and_eos_from_generation_config(causal_dir):
 def test_generation_config_json_is_read_from_the_model_directory(causal_dir, tmp_path):
     import shutil
 
-    from lmctl.generate import GenerationSettings, generate_text, load_model
+    from lmctl.workflows.generate import GenerationSettings, generate_text, load_model
 
     copy = tmp_path / "model"
     shutil.copytree(causal_dir, copy)
@@ -235,7 +247,7 @@ def test_generation_config_json_is_read_from_the_model_directory(causal_dir, tmp
 
 
 def test_defaults_sample_and_fit_the_context(causal):
-    from lmctl.generate import GenerationSettings, generation_kwargs
+    from lmctl.workflows.generate import GenerationSettings, generation_kwargs
 
     kwargs = generation_kwargs(causal.model, causal.tokenizer, GenerationSettings())
     assert kwargs["do_sample"] is True and kwargs["top_k"] == 50 and kwargs["temperature"] == 1.0
@@ -243,7 +255,7 @@ def test_defaults_sample_and_fit_the_context(causal):
 
 
 def test_stop_strings_cut_the_text_and_the_stream(causal):
-    from lmctl.generate import GenerationSettings, generate_text
+    from lmctl.workflows.generate import GenerationSettings, generate_text
 
     base = GenerationSettings(greedy=True, max_new_tokens=20, min_new_tokens=20)
     full = generate_text(causal.model, causal.tokenizer, [PROMPTS[2]], base)[0].text
@@ -267,7 +279,7 @@ def test_stop_strings_cut_the_text_and_the_stream(causal):
 
 
 def test_streaming_gives_exactly_the_final_text(causal):
-    from lmctl.generate import GenerationSettings, generate_text
+    from lmctl.workflows.generate import GenerationSettings, generate_text
 
     pieces: list[str] = []
     settings = GenerationSettings(seed=5, max_new_tokens=25, min_new_tokens=25)
@@ -280,7 +292,7 @@ def test_streaming_gives_exactly_the_final_text(causal):
 
 def test_long_prompts_are_cut_from_the_left_or_refused(causal):
     from lmctl.errors import UsageError
-    from lmctl.generate import GenerationSettings, continuation_text, encode_prompt, generate_text
+    from lmctl.workflows.generate import GenerationSettings, continuation_text, encode_prompt, generate_text
 
     long_prompt = " ".join(["alpha beta gamma delta"] * 30)
     ids = encode_prompt(causal.tokenizer, long_prompt)
@@ -306,7 +318,7 @@ def test_long_prompts_are_cut_from_the_left_or_refused(causal):
 
 def test_more_new_tokens_than_the_context_slide_a_window(causal):
     """64 positions, 80 new tokens: steps of 32, 32 and 16, each reading the latest tokens."""
-    from lmctl.generate import GenerationSettings, continuation_text, encode_prompt, generate_text
+    from lmctl.workflows.generate import GenerationSettings, continuation_text, encode_prompt, generate_text
 
     prompt = encode_prompt(causal.tokenizer, PROMPTS[0])
     pieces: list[str] = []
@@ -323,7 +335,7 @@ def test_more_new_tokens_than_the_context_slide_a_window(causal):
 
 
 def test_empty_prompt_starts_from_bos(causal):
-    from lmctl.generate import GenerationSettings, encode_prompt, generate_text
+    from lmctl.workflows.generate import GenerationSettings, encode_prompt, generate_text
 
     assert encode_prompt(causal.tokenizer, "") == [causal.tokenizer.bos_token_id]
     result = generate_text(
@@ -333,7 +345,7 @@ def test_empty_prompt_starts_from_bos(causal):
 
 
 def test_prompt_encoding_drops_only_the_specials_the_tokenizer_added(tokenizer_for):
-    from lmctl.generate import encode_prompt
+    from lmctl.workflows.generate import encode_prompt
 
     xlnet = tokenizer_for("permuted")  # its post-processor wraps a text as <cls> ... <sep>
     wrapped = xlnet("Hello there")["input_ids"]
@@ -346,7 +358,7 @@ def test_prompt_encoding_drops_only_the_specials_the_tokenizer_added(tokenizer_f
 
 def test_bad_settings_are_one_line_usage_errors():
     from lmctl.errors import UsageError
-    from lmctl.generate import GenerationSettings
+    from lmctl.workflows.generate import GenerationSettings
 
     for kwargs, flag in [
         ({"max_new_tokens": 0}, "--max-new-tokens"),
@@ -365,7 +377,8 @@ def test_bad_settings_are_one_line_usage_errors():
 def test_bf16_precision_generates(causal_dir):
     import torch
 
-    from lmctl.generate import GenerationSettings, generate_text, load_model, pick_dtype
+    from lmctl.core.device import pick_dtype
+    from lmctl.workflows.generate import GenerationSettings, generate_text, load_model
 
     assert pick_dtype("auto", "cpu") == torch.float32
     loaded = load_model(str(causal_dir), device="cpu", precision="bf16")
@@ -384,7 +397,7 @@ def test_fill_mask_matches_a_hand_computed_softmax(family_name, tiny_model_dir):
     import torch
     from transformers import AutoModelForMaskedLM
 
-    from lmctl.generate import fill_mask, load_model
+    from lmctl.workflows.generate import fill_mask, load_model
 
     path = tiny_model_dir(family_name)
     loaded = load_model(str(path), device="cpu")
@@ -407,7 +420,7 @@ def test_fill_mask_matches_a_hand_computed_softmax(family_name, tiny_model_dir):
 
 def test_fill_mask_batches_and_errors(masked):
     from lmctl.errors import UsageError
-    from lmctl.generate import fill_mask
+    from lmctl.workflows.generate import fill_mask
 
     prompts = ["A [MASK] b.", "The long sentence with a [MASK] in the middle of it.", "[MASK]"]
     batched = fill_mask(masked.model, masked.tokenizer, prompts, top_k=3, batch_size=3)
@@ -431,8 +444,8 @@ def test_fill_mask_batches_and_errors(masked):
 
 
 def test_prompts_file_formats_and_errors(tmp_path):
+    from lmctl.cli.prompts import read_prompts_file
     from lmctl.errors import LmctlError
-    from lmctl.generate import read_prompts_file
 
     plain = tmp_path / "p.txt"
     plain.write_text("first prompt\n\n  second one\n", encoding="utf-8")
@@ -457,7 +470,7 @@ def test_prompts_file_formats_and_errors(tmp_path):
 
 def test_load_model_errors(tmp_path, tiny_model_dir, monkeypatch):
     from lmctl.errors import LmctlError, UsageError
-    from lmctl.generate import load_model
+    from lmctl.workflows.generate import load_model
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(LmctlError, match="not a model directory"):
@@ -485,7 +498,7 @@ def _has_cuda() -> bool:
 
 def test_family_flag_overrides_config(tiny_model_dir):
     from lmctl.errors import UsageError
-    from lmctl.generate import load_model
+    from lmctl.workflows.generate import load_model
 
     assert load_model(str(tiny_model_dir("causal")), family="clm", device="cpu").family.name == "causal"
     with pytest.raises(UsageError, match="unknown family 'nope'"):
@@ -497,7 +510,7 @@ def test_family_flag_overrides_config(tiny_model_dir):
 
 
 def test_every_family_loads_with_no_flags(tiny_model_dir):
-    from lmctl.generate import load_model
+    from lmctl.workflows.generate import load_model
 
     kinds = {
         name: load_model(str(tiny_model_dir(name)), device="cpu").kind
@@ -536,7 +549,7 @@ def test_cli_json_lines_and_options(causal_dir):
         assert record["tokens"] == 6 and record["finish_reason"] == "length" and record["tokens_per_s"] > 0
         assert record["model"] == str(causal_dir)
     greedy = invoke("--model", str(causal_dir), *PROMPTS, "--greedy", "-n", "8", "--json")
-    from lmctl.generate import GenerationSettings, generate_text, load_model
+    from lmctl.workflows.generate import GenerationSettings, generate_text, load_model
 
     loaded = load_model(str(causal_dir), device="cpu")
     library = generate_text(
@@ -546,7 +559,7 @@ def test_cli_json_lines_and_options(causal_dir):
 
 
 def test_cli_stop_and_several_results_in_plain_text(causal_dir):
-    from lmctl.generate import GenerationSettings, generate_text, load_model
+    from lmctl.workflows.generate import GenerationSettings, generate_text, load_model
 
     loaded = load_model(str(causal_dir), device="cpu")
     texts = [
@@ -616,7 +629,7 @@ def test_cli_truncation_warns_on_stderr(causal_dir):
 
 
 def test_cli_fill_mask_tsv_and_json(tiny_model_dir):
-    from lmctl.generate import fill_mask, load_model
+    from lmctl.workflows.generate import fill_mask, load_model
 
     path = str(tiny_model_dir("masked"))
     prompt = "The [MASK] is <mask>."
@@ -678,8 +691,8 @@ def test_cli_compares_models_side_by_side(causal_dir, tiny_model_dir, permuted_d
 def test_terminal_tables_escape_user_text():
     from rich.console import Console
 
-    from lmctl.commands.generate_cmd import build_tables
-    from lmctl.generate import FillMaskResult, GenerationResult, MaskCandidate
+    from lmctl.cli.generate import build_tables
+    from lmctl.workflows.generate import FillMaskResult, GenerationResult, MaskCandidate
 
     texts = [
         GenerationResult(
@@ -704,8 +717,8 @@ def test_terminal_tables_escape_user_text():
 def test_interactive_loop_answers_each_line_until_eof(causal_dir, tiny_model_dir):
     import io
 
-    from lmctl.commands.generate_cmd import interactive
-    from lmctl.generate import GenerateConfig, GenerationSettings
+    from lmctl.cli.generate import interactive
+    from lmctl.workflows.generate import GenerateConfig, GenerationSettings
 
     lines = iter(["Hello", "", "The quick brown fox"])
 
@@ -739,7 +752,7 @@ def test_interactive_loop_answers_each_line_until_eof(causal_dir, tiny_model_dir
 
 
 def test_trust_remote_code_offline_and_device_reach_the_loader(monkeypatch, causal_dir):
-    import lmctl.generate as gen
+    import lmctl.workflows.generate as gen
 
     seen = {}
     real = gen.load_model

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from lmctl.plugin_docs import BEGIN, END, hook_docs, hook_signature, main, update_text
-from lmctl.plugins import HOOK_NAMES
+from lmctl.plugins.docs import BEGIN, END, hook_docs, hook_signature, main, update_text
+from lmctl.plugins.registry import HOOK_NAMES
 from tests.conftest import REPO
 
 DOC = REPO / "docs" / "plugins.md"
@@ -48,7 +48,7 @@ def test_every_hookspec_is_documented(name):
 
 def test_hook_reference_is_generated_and_current(tmp_path):
     text = DOC.read_text(encoding="utf-8")
-    assert update_text(text) == text, "docs/plugins.md is stale: run `python -m lmctl.plugin_docs`"
+    assert update_text(text) == text, "docs/plugins.md is stale: run `python -m lmctl.plugins.docs`"
     assert main(["--check", str(DOC)]) == 0
     stale = tmp_path / "plugins.md"
     stale.write_text(text.replace("*Added in lmctl", "*Added in lmctl?", 1), encoding="utf-8")
@@ -98,9 +98,9 @@ def _doc_examples() -> dict[str, str]:
 def test_documented_example_plugin_works(tmp_path, monkeypatch):
     """Build the docs' complete minimal plugin from the page, 'install' it through its own
     entry-point table, and use it as lmctl would."""
-    from lmctl.plugin_check import check_plugins
-    from lmctl.plugins import get_registry, reset_registry
-    from lmctl.tokenizer_trainers import as_transformers_tokenizer
+    from lmctl.data.tokenizer_trainers import as_transformers_tokenizer
+    from lmctl.plugins.check import check_plugins
+    from lmctl.plugins.registry import get_registry, reset_registry
 
     files = _doc_examples()
     assert set(files) == {"pyproject.toml", "lmctl_words.py"}

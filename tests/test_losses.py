@@ -1,4 +1,4 @@
-"""The fused output layer + cross-entropy (lmctl.losses) against plain F.cross_entropy on logits."""
+"""The fused output layer + cross-entropy (lmctl.kit.losses) against plain F.cross_entropy on logits."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from lmctl.losses import FUSED_MODEL_TYPES, LinearCrossEntropy, causal_lm_loss, fused_output_layer  # noqa: E402
+from lmctl.kit.losses import FUSED_MODEL_TYPES, LinearCrossEntropy, causal_lm_loss, fused_output_layer  # noqa: E402
 
 
 def reference(hidden, weight, targets, smoothing=0.0):

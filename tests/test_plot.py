@@ -17,7 +17,7 @@ C0, C1 = (0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)
 
 
 def invoke(*args: str):
-    from lmctl.cli import app
+    from lmctl.cli.app import app
 
     return CliRunner().invoke(app, list(args))
 
@@ -25,8 +25,8 @@ def invoke(*args: str):
 @pytest.fixture
 def two_runs(prepared_for, tmp_path):
     """Two tiny causal runs on the same data, with different learning rates (different curves)."""
-    from lmctl.train import train
-    from lmctl.train_config import TrainConfig
+    from lmctl.workflows.train.config import TrainConfig
+    from lmctl.workflows.train.trainer import train
 
     prepared = prepared_for("causal")
     runs = []
@@ -86,7 +86,7 @@ def test_train_writes_curves_png(two_runs):
 
 
 def test_plot_in_the_terminal(two_runs):
-    from lmctl.runs import curves_for
+    from lmctl.workflows.runs import curves_for
 
     result = invoke("plot", *map(str, two_runs))
     assert result.exit_code == 0, result.output
@@ -110,7 +110,7 @@ def test_plot_in_the_terminal(two_runs):
 
 
 def test_runs_table_figures_come_from_the_run(two_runs, tmp_path):
-    from lmctl.ui import format_number
+    from lmctl.cli.display import format_number
 
     result = invoke("runs", str(tmp_path / "runs"), "--json")
     assert result.exit_code == 0, result.output
@@ -141,14 +141,14 @@ def test_plot_errors_are_one_line(tmp_path):
 
 
 def test_run_labels_stay_distinct():
-    from lmctl.runs import run_labels
+    from lmctl.workflows.runs import run_labels
 
     assert run_labels([Path("runs/a"), Path("runs/b")]) == ["a", "b"]
     assert run_labels([Path("exp1/out"), Path("exp2/out")]) == ["exp1/out", "exp2/out"]
 
 
 def test_metrics_log_of_a_fresh_and_a_resumed_run(tmp_path):
-    from lmctl.runs import open_metrics_log, read_metrics
+    from lmctl.workflows.runs import open_metrics_log, read_metrics
 
     log = tmp_path / "metrics.jsonl"
     events = [{"step": s, "train/loss": 5.0 - s / 10} for s in range(1, 9)]
@@ -166,8 +166,8 @@ def test_metrics_log_of_a_fresh_and_a_resumed_run(tmp_path):
 
 
 def test_training_again_into_a_run_directory_replaces_its_curves(two_runs):
-    from lmctl.train import train
-    from lmctl.train_config import TrainConfig
+    from lmctl.workflows.train.config import TrainConfig
+    from lmctl.workflows.train.trainer import train
 
     run = two_runs[0]
     config = json.loads((run / "run.json").read_text())["config"]

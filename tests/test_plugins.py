@@ -45,7 +45,7 @@ def write_distribution(site: Path, dist: str, version: str, entry_points: dict[s
 @pytest.fixture
 def plugin_site(tmp_path, monkeypatch):
     """A fresh directory on sys.path for fake installed plugins; the registry is rebuilt around the test."""
-    from lmctl.plugins import reset_registry
+    from lmctl.plugins.registry import reset_registry
 
     site = tmp_path / "site"
     site.mkdir()
@@ -65,7 +65,7 @@ def plugin_site(tmp_path, monkeypatch):
 @pytest.fixture
 def fixture_plugins(monkeypatch):
     """The broken plugins shipped in tests/plugins_fixtures/installed, on sys.path."""
-    from lmctl.plugins import reset_registry
+    from lmctl.plugins.registry import reset_registry
 
     monkeypatch.syspath_prepend(str(FIXTURE_SITE))
     monkeypatch.delenv("LMCTL_LOAD_PLUGINS", raising=False)
@@ -82,7 +82,7 @@ def fixture_plugins(monkeypatch):
 @pytest.fixture
 def scratch_root_app(monkeypatch):
     """lmctl's root app with its command lists copied, so plugin commands added in a test vanish after it."""
-    from lmctl.cli import app
+    from lmctl.cli.app import app
 
     monkeypatch.setattr(app, "registered_commands", list(app.registered_commands))
     monkeypatch.setattr(app, "registered_groups", list(app.registered_groups))
@@ -129,9 +129,9 @@ TOY_FAMILY = '''
 def test_hook_register_families(plugin_site):
     """Issue 2: a fake family plugin, registered through the hook as a third party would, shows up in
     `lmctl plugins list` (in-process and in a fresh process) and in family resolution."""
-    from lmctl.cli import app
+    from lmctl.cli.app import app
     from lmctl.families.base import Family
-    from lmctl.plugins import family_for_config, get_family, get_registry, resolve_family
+    from lmctl.plugins.registry import family_for_config, get_family, get_registry, resolve_family
 
     write_distribution(plugin_site, "lmctl-toy", "1.2.3", {"toy": "toy_family"}, {"toy_family": TOY_FAMILY})
 
@@ -164,8 +164,8 @@ def test_hook_register_families(plugin_site):
 
 
 def test_hook_register_commands(plugin_site, scratch_root_app):
-    from lmctl.cli import add_plugin_commands
-    from lmctl.plugins import get_registry
+    from lmctl.cli.app import add_plugin_commands
+    from lmctl.plugins.registry import get_registry
 
     source = '''
         import typer
@@ -203,9 +203,9 @@ def test_hook_register_commands(plugin_site, scratch_root_app):
 
 def test_hook_register_tokenizer_trainers(plugin_site):
     """A trainer from a plugin is registered, attributed, listed, and produces a working tokenizer."""
-    from lmctl.cli import app
-    from lmctl.plugins import get_registry
-    from lmctl.tokenizer_trainers import as_transformers_tokenizer
+    from lmctl.cli.app import app
+    from lmctl.data.tokenizer_trainers import as_transformers_tokenizer
+    from lmctl.plugins.registry import get_registry
 
     source = '''
         from lmctl.hookspecs import hookimpl
@@ -240,7 +240,7 @@ def test_hook_register_tokenizer_trainers(plugin_site):
     rows = json.loads(CliRunner().invoke(app, ["plugins", "list", "--json"]).stdout)
     assert [r["tokenizer_trainers"] for r in rows if r["name"] == "words"] == [["words"]]
 
-    from lmctl.plugin_check import check_plugins
+    from lmctl.plugins.check import check_plugins
 
     assert check_plugins(["words"]).ok
 
@@ -263,7 +263,7 @@ def test_hook_register_tokenizer_trainers(plugin_site):
 
 def test_hook_register_data_readers(plugin_site, tmp_path):
     """A reader from a plugin is registered by format name with normalised extensions, and reads files."""
-    from lmctl.plugins import get_registry
+    from lmctl.plugins.registry import get_registry
 
     source = '''
         from lmctl.hookspecs import hookimpl
@@ -290,7 +290,7 @@ def test_hook_register_data_readers(plugin_site, tmp_path):
     docs = list(reader.read(str(subtitle), text_column="text", encoding_errors="strict", document_split="file"))
     assert docs == ["Hello there.\nGeneral Kenobi!"]
 
-    from lmctl.plugin_check import check_plugins
+    from lmctl.plugins.check import check_plugins
 
     assert check_plugins(["srt"]).ok
 
@@ -298,7 +298,7 @@ def test_hook_register_data_readers(plugin_site, tmp_path):
     import numpy as np
     from transformers import AutoTokenizer
 
-    from lmctl.cli import app
+    from lmctl.cli.app import app
 
     out = tmp_path / "data"
     run = CliRunner().invoke(app, ["prepare", "--train", str(subtitle), "--tokenizer", "char", "--block-size", "8", "--out", str(out)])
@@ -313,9 +313,9 @@ def test_hook_register_data_readers(plugin_site, tmp_path):
 
 def test_hook_register_callbacks(plugin_site, tmp_path, tokenizer_for):
     """A callback registered through the hook receives the trainer's events as dicts (a tiny real run)."""
-    from lmctl.plugins import get_registry
-    from lmctl.train import train
-    from lmctl.train_config import TrainConfig
+    from lmctl.plugins.registry import get_registry
+    from lmctl.workflows.train.config import TrainConfig
+    from lmctl.workflows.train.trainer import train
 
     source = '''
         from lmctl.hookspecs import hookimpl
@@ -365,7 +365,7 @@ def test_hook_register_callbacks(plugin_site, tmp_path, tokenizer_for):
 
 
 def test_each_broken_plugin_is_one_warning_line_and_skipped(fixture_plugins, capsys):
-    from lmctl.plugins import get_family, get_registry
+    from lmctl.plugins.registry import get_family, get_registry
 
     registry = get_registry()
     stderr = capsys.readouterr().err
@@ -385,7 +385,7 @@ def test_each_broken_plugin_is_one_warning_line_and_skipped(fixture_plugins, cap
 
 
 def test_misnamed_hook_and_raising_hook_are_reported(plugin_site, capsys):
-    from lmctl.plugins import get_registry
+    from lmctl.plugins.registry import get_registry
 
     write_distribution(plugin_site, "lmctl-typo", "0.1.0", {"typo": "lmctl_typo"}, {"lmctl_typo": '''
         from lmctl.hookspecs import hookimpl
@@ -437,8 +437,8 @@ def test_broken_plugins_do_not_break_the_cli():
 
 
 def test_plugin_cannot_replace_a_builtin_command(fixture_plugins, scratch_root_app, capsys, monkeypatch):
-    from lmctl.cli import BUILTIN_COMMANDS, add_plugin_commands
-    from lmctl.plugins import get_registry, reset_registry
+    from lmctl.plugins.commands import BUILTIN_COMMANDS, add_plugin_commands
+    from lmctl.plugins.registry import get_registry, reset_registry
 
     monkeypatch.setenv("LMCTL_LOAD_PLUGINS", "command-clash")
     reset_registry()
@@ -448,7 +448,7 @@ def test_plugin_cannot_replace_a_builtin_command(fixture_plugins, scratch_root_a
     names = [c.name for c in scratch_root_app.registered_commands]
     assert names.count("train") == 1 and "clash-hello" in names
     train = next(c for c in scratch_root_app.registered_commands if c.name == "train")
-    assert train.callback.__module__ == "lmctl.commands.train_cmd"
+    assert train.callback.__module__ == "lmctl.cli.train"
     assert get_registry().plugins["command-clash"].commands == ["clash-hello"]
     assert "train" in BUILTIN_COMMANDS
 
@@ -480,7 +480,7 @@ def _two_plugins(site: Path) -> None:
     ],
 )
 def test_load_and_disable_lists(plugin_site, monkeypatch, env, expected):
-    from lmctl.plugins import get_registry
+    from lmctl.plugins.registry import get_registry
 
     _two_plugins(plugin_site)
     for key, value in env.items():
@@ -506,7 +506,7 @@ def test_load_list_in_a_fresh_process():
 
 
 def test_recorded_family_wins_and_falls_back_with_a_warning(plugin_site, capsys):
-    from lmctl.plugins import family_for_config
+    from lmctl.plugins.registry import family_for_config
 
     write_distribution(plugin_site, "lmctl-toy", "1.2.3", {"toy": "toy_family"}, {"toy_family": TOY_FAMILY})
     gpt2 = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}
@@ -519,7 +519,7 @@ def test_recorded_family_wins_and_falls_back_with_a_warning(plugin_site, capsys)
 def test_register_plugin_refuses_bad_signature_and_duplicates():
     from lmctl.errors import UsageError
     from lmctl.hookspecs import hookimpl
-    from lmctl.plugins import register_plugin, reset_registry
+    from lmctl.plugins.registry import register_plugin, reset_registry
 
     class Bad:
         @hookimpl
@@ -556,7 +556,7 @@ def test_plugins_check_reports_broken_plugins_one_line_each(fixture_plugins, scr
 
 
 def test_plugins_check_passes_a_good_family_and_catches_a_bad_one(plugin_site):
-    from lmctl.cli import app
+    from lmctl.cli.app import app
 
     write_distribution(plugin_site, "lmctl-toy", "1.2.3", {"toy": "toy_family"}, {"toy_family": TOY_FAMILY})
     write_distribution(plugin_site, "lmctl-nan", "0.1", {"nan": "lmctl_nan_family"}, {"lmctl_nan_family": '''
@@ -607,7 +607,7 @@ def test_plugins_check_passes_a_good_family_and_catches_a_bad_one(plugin_site):
 @pytest.fixture
 def fake_installer(tmp_path, monkeypatch):
     """Replace pip by a script that records its arguments and prints what pip would."""
-    import lmctl.plugin_install as plugin_install
+    import lmctl.plugins.install as plugin_install
 
     log = tmp_path / "installer-args.json"
     script = tmp_path / "fake_pip.py"
@@ -626,7 +626,7 @@ def fake_installer(tmp_path, monkeypatch):
 
 
 def test_install_runs_the_installer_and_reports_errors_in_one_line(fake_installer, plugin_site, tmp_path):
-    from lmctl.cli import app
+    from lmctl.cli.app import app
 
     project = tmp_path / "lmctl-thing"
     project.mkdir()
@@ -650,8 +650,8 @@ def test_install_runs_the_installer_and_reports_errors_in_one_line(fake_installe
 def test_install_reports_what_new_plugins_provide_and_fails_on_a_broken_one(tmp_path, plugin_site, monkeypatch):
     """The installer 'installs' by writing a dist-info (as pip would); lmctl then lists the new
     plugins from a fresh process, and exits 1 when one of them cannot load."""
-    import lmctl.plugin_install as plugin_install
-    from lmctl.cli import app
+    import lmctl.plugins.install as plugin_install
+    from lmctl.cli.app import app
 
     script = tmp_path / "fake_pip.py"
     script.write_text(textwrap.dedent(f'''
@@ -680,7 +680,7 @@ def test_install_reports_what_new_plugins_provide_and_fails_on_a_broken_one(tmp_
 
 
 def test_uninstall_maps_plugins_to_distributions_and_refuses_others(fake_installer, plugin_site):
-    from lmctl.cli import app
+    from lmctl.cli.app import app
 
     write_distribution(plugin_site, "lmctl-toy", "1.2.3", {"toy": "toy_family"}, {"toy_family": TOY_FAMILY})
     runner = CliRunner()
@@ -700,7 +700,7 @@ def test_uninstall_maps_plugins_to_distributions_and_refuses_others(fake_install
 
 
 def test_installer_choice(monkeypatch, tmp_path):
-    import lmctl.plugin_install as pi
+    import lmctl.plugins.install as pi
     from lmctl.errors import UsageError
 
     monkeypatch.delenv("LMCTL_INSTALLER", raising=False)
@@ -729,7 +729,7 @@ def test_installer_choice(monkeypatch, tmp_path):
 
 def test_plugins_commands_do_not_import_torch():
     code = (
-        "import sys; from typer.testing import CliRunner; from lmctl.cli import app; "
+        "import sys; from typer.testing import CliRunner; from lmctl.cli.app import app; "
         "r = CliRunner().invoke(app, ['plugins', 'list', '--all']); assert r.exit_code == 0, r.output; "
         "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'accelerate') if m in sys.modules))"
     )

@@ -21,7 +21,7 @@ def fake_step(times):
 
 
 def test_bf16_is_kept_only_when_its_median_is_clearly_faster():
-    from lmctl.precision import measure_faster_precision
+    from lmctl.core.precision import measure_faster_precision
 
     # One lucky bf16 time (0.5) does not decide: the median does.
     step, calls = fake_step({"fp32": [1.0, 1.0, 1.0, 1.0], "bf16": [1.0, 0.5, 0.95, 0.96]})
@@ -37,7 +37,7 @@ def test_bf16_is_kept_only_when_its_median_is_clearly_faster():
 def test_tiny_models_are_not_measured():
     import torch
 
-    from lmctl.precision import CPU_BF16_MEASURE_MIN_PARAMETERS, should_measure
+    from lmctl.core.precision import CPU_BF16_MEASURE_MIN_PARAMETERS, should_measure
 
     cpu = torch.device("cpu")
     assert not should_measure("auto", cpu, CPU_BF16_MEASURE_MIN_PARAMETERS - 1)
@@ -46,7 +46,7 @@ def test_tiny_models_are_not_measured():
 
 
 def test_decisions_are_remembered_per_key_and_survive_a_damaged_file(tmp_path, monkeypatch):
-    from lmctl.precision import decision_key, remember_precision, remembered_precision
+    from lmctl.core.precision import decision_key, remember_precision, remembered_precision
 
     monkeypatch.setenv("LMCTL_CACHE", str(tmp_path))
     key = decision_key({"block": 64, "batch": 12})
@@ -65,18 +65,18 @@ def test_decisions_are_remembered_per_key_and_survive_a_damaged_file(tmp_path, m
 
 
 def test_a_second_auto_run_reuses_the_first_runs_measured_choice(prepared_for, tmp_path, monkeypatch):
-    import lmctl.precision
-    from lmctl.train import train
+    import lmctl.core.precision
+    from lmctl.workflows.train.trainer import train
 
     monkeypatch.setenv("LMCTL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(lmctl.precision, "should_measure", lambda name, device, params: name == "auto")
+    monkeypatch.setattr(lmctl.core.precision, "should_measure", lambda name, device, params: name == "auto")
     measured = []
 
     def measure(step, **kwargs):
         measured.append(step("fp32"))  # the real probe step runs
         return "bf16", {"fp32": measured[-1], "bf16": measured[-1] / 2}
 
-    monkeypatch.setattr(lmctl.precision, "measure_faster_precision", measure)
+    monkeypatch.setattr(lmctl.core.precision, "measure_faster_precision", measure)
     prepared = prepared_for("causal")
     runs = []
     for name in ("first", "second"):

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from lmctl.cli import app
-from lmctl.prepare import PrepareConfig, prepare, prepare_cached
-from lmctl.prepared import PreparedData
+from lmctl.cli.app import app
+from lmctl.core.prepared import PreparedData
+from lmctl.workflows.prepare import PrepareConfig, prepare, prepare_cached
 from tests.conftest import shared_data
 
 BLANK = " \t\r\f\v"
@@ -72,12 +72,12 @@ def tokenizer_dir(tokenizer_for, tmp_path_factory):
 def small_chunks(monkeypatch):
     """Many chunk and batch boundaries in a small corpus, tokenized by three threads at once:
     neither boundaries nor the order batches finish in may change the tokens."""
-    import lmctl.prepare
-    import lmctl.readers
+    import lmctl.data.readers
+    import lmctl.workflows.prepare
 
-    monkeypatch.setattr(lmctl.readers, "CHUNK_BYTES", 997)
-    monkeypatch.setattr(lmctl.prepare, "BATCH_CHARS", 2999)
-    monkeypatch.setattr(lmctl.prepare, "encode_workers", lambda: 3)
+    monkeypatch.setattr(lmctl.data.readers, "CHUNK_BYTES", 997)
+    monkeypatch.setattr(lmctl.workflows.prepare, "BATCH_CHARS", 2999)
+    monkeypatch.setattr(lmctl.workflows.prepare, "encode_workers", lambda: 3)
 
 
 def invoke(*args: str):
@@ -124,7 +124,7 @@ def test_blocks_reproduce_the_whole_tokenization(mode, corpus, tmp_path, tokeniz
 def test_manifest_records_inputs_tokenizer_and_options(corpus_file, tmp_path, tokenizer_dir):
     report = prepare(PrepareConfig(train=[str(corpus_file)], out=tmp_path / "out", tokenizer=str(tokenizer_dir("causal")), progress="none"))
     manifest = json.loads((report.out / "manifest.json").read_text())
-    assert manifest["format"] == "lmctl.prepared" and manifest["version"] == 1
+    assert manifest["format"] == "lmctl.core.prepared" and manifest["version"] == 1
     entry = manifest["inputs"]["train"][0]
     assert entry["path"] == str(corpus_file.resolve())
     assert entry["bytes"] == corpus_file.stat().st_size
@@ -387,7 +387,7 @@ def test_model_directory_as_tokenizer_picks_family_and_checks_block_size(tmp_pat
 
 
 def test_prepare_cached_reuses_and_invalidates(tmp_path, monkeypatch, tokenizer_dir):
-    import lmctl.prepare
+    import lmctl.workflows.prepare
 
     monkeypatch.setenv("LMCTL_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "c.txt"
@@ -396,8 +396,8 @@ def test_prepare_cached_reuses_and_invalidates(tmp_path, monkeypatch, tokenizer_
     first = prepare_cached(config)
     assert first.parent == tmp_path / "cache" / "prepared" and PreparedData(first).block_size == 8
     calls = []
-    real = lmctl.prepare.prepare
-    monkeypatch.setattr(lmctl.prepare, "prepare", lambda c: calls.append(c) or real(c))
+    real = lmctl.workflows.prepare.prepare
+    monkeypatch.setattr(lmctl.workflows.prepare, "prepare", lambda c, **kw: calls.append(c) or real(c, **kw))
     assert prepare_cached(config) == first and calls == []
     assert prepare_cached(PrepareConfig(train=str(path), tokenizer=str(tokenizer_dir("causal")), block_size=8)) == first
     other = prepare_cached(PrepareConfig(train=[str(path)], tokenizer=str(tokenizer_dir("causal")), block_size=16, progress="none"))
@@ -414,9 +414,9 @@ def test_prepare_cached_reuses_and_invalidates(tmp_path, monkeypatch, tokenizer_
 
 
 def test_interrupted_prepare_leaves_nothing_that_looks_complete(corpus_file, tmp_path, tokenizer_dir, monkeypatch, small_chunks):
-    import lmctl.prepare
+    import lmctl.workflows.prepare
 
-    real_write = lmctl.prepare.SplitWriter._write
+    real_write = lmctl.workflows.prepare.SplitWriter._write
     calls = []
 
     def failing_write(self, *args):
@@ -425,18 +425,18 @@ def test_interrupted_prepare_leaves_nothing_that_looks_complete(corpus_file, tmp
             raise KeyboardInterrupt
         return real_write(self, *args)
 
-    monkeypatch.setattr(lmctl.prepare.SplitWriter, "_write", failing_write)
+    monkeypatch.setattr(lmctl.workflows.prepare.SplitWriter, "_write", failing_write)
     out = tmp_path / "out"
     result = invoke("--train", str(corpus_file), "--tokenizer", str(tokenizer_dir("causal")), "--out", str(out))
     assert result.exit_code == 130 and result.stderr.strip() == "error: interrupted"
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["corpus.txt"]
 
     # An existing prepared DIR survives a failed --force run untouched.
-    monkeypatch.setattr(lmctl.prepare.SplitWriter, "_write", real_write)
+    monkeypatch.setattr(lmctl.workflows.prepare.SplitWriter, "_write", real_write)
     prepare(PrepareConfig(train=[str(corpus_file)], out=out, tokenizer=str(tokenizer_dir("causal")), progress="none"))
     before = (out / "manifest.json").read_bytes()
     calls.clear()
-    monkeypatch.setattr(lmctl.prepare.SplitWriter, "_write", failing_write)
+    monkeypatch.setattr(lmctl.workflows.prepare.SplitWriter, "_write", failing_write)
     with pytest.raises(KeyboardInterrupt):
         prepare(PrepareConfig(train=[str(corpus_file)], out=out, tokenizer=str(tokenizer_dir("causal")), force=True, progress="none"))
     assert (out / "manifest.json").read_bytes() == before
@@ -479,7 +479,7 @@ def test_cli_help_is_fast_and_light():
     import subprocess
     import sys
 
-    code = "import sys, lmctl.cli; print(any(m in sys.modules for m in ('torch', 'transformers', 'datasets', 'lmctl.prepare')))"
+    code = "import sys, lmctl.cli.app; print(any(m in sys.modules for m in ('torch', 'transformers', 'datasets', 'lmctl.workflows.prepare')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
     result = invoke("--help")
@@ -503,7 +503,7 @@ def _chunked(text: str, cuts: list[int]) -> list[str]:
 @settings(max_examples=300, deadline=None)
 @given(text=_pieces, cuts=st.lists(st.integers(1, 9), max_size=12), mode=st.sampled_from(["lines", "blank-lines", "file"]))
 def test_document_splitting_ignores_chunk_boundaries(text, cuts, mode):
-    from lmctl.readers import split_documents
+    from lmctl.data.readers import split_documents
 
     got = []
     for texts, continues in split_documents(_chunked(text, cuts), mode):
@@ -515,7 +515,7 @@ def test_document_splitting_ignores_chunk_boundaries(text, cuts, mode):
 @settings(max_examples=300, deadline=None)
 @given(text=_pieces, cuts=st.lists(st.integers(1, 9), max_size=12))
 def test_split_statistics_ignore_chunk_boundaries(text, cuts):
-    from lmctl.prepare import SplitStats
+    from lmctl.workflows.prepare import SplitStats
 
     stats = SplitStats()
     for chunk in _chunked(text, cuts):
@@ -528,7 +528,7 @@ def test_split_statistics_ignore_chunk_boundaries(text, cuts):
 def test_encode_workers_and_tokenizer_threads(monkeypatch):
     import os
 
-    from lmctl.prepare import encode_workers, tokenizer_threads
+    from lmctl.workflows.prepare import encode_workers, tokenizer_threads
 
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     assert encode_workers() == 1

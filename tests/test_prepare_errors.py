@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from lmctl.cli import app
+from lmctl.cli.app import app
+from lmctl.core.prepared import PreparedData
 from lmctl.errors import LmctlError
-from lmctl.prepare import PrepareConfig, prepare
-from lmctl.prepared import PreparedData
+from lmctl.workflows.prepare import PrepareConfig, prepare
 
 runner = CliRunner()
 
@@ -68,9 +68,9 @@ def test_directory_or_glob_with_no_matching_files(tmp_path, tok):
 
 
 def test_non_utf8_names_file_and_offset_and_replace_goes_on(tmp_path, tok, monkeypatch):
-    import lmctl.readers
+    import lmctl.data.readers
 
-    monkeypatch.setattr(lmctl.readers, "CHUNK_BYTES", 64)  # the bad byte is several chunks in
+    monkeypatch.setattr(lmctl.data.readers, "CHUNK_BYTES", 64)  # the bad byte is several chunks in
     path = tmp_path / "latin1.txt"
     good = ("plain ascii line\n" * 20).encode()
     path.write_bytes(good + "café au lait\n".encode("latin-1"))

@@ -14,7 +14,7 @@ from tests.conftest import REPO
 def test_quickstart_trains_evaluates_samples_and_suggests_next_steps(tmp_path):
     import pydoc_data.topics
 
-    from lmctl.cli import app
+    from lmctl.cli.app import app
     from tests.test_docs import command_problems, reference_options, shown_commands
 
     out = tmp_path / "runs" / "quickstart"

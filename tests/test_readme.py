@@ -25,7 +25,7 @@ def test_ci_runs_the_readme_commands():
 
 
 def test_importing_the_cli_does_not_import_torch():
-    code = "import sys, lmctl.cli; print([m for m in ('torch', 'transformers', 'datasets', 'accelerate') if m in sys.modules])"
+    code = "import sys, lmctl.cli.app; print([m for m in ('torch', 'transformers', 'datasets', 'accelerate') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -34,7 +34,7 @@ def test_help_and_plugins_list_do_not_import_torch():
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
-        "from lmctl.cli import app, add_plugin_commands\n"
+        "from lmctl.cli.app import app, add_plugin_commands\n"
         "add_plugin_commands(app)\n"
         "for args in (['--help'], ['train', '--help'], ['plugins', 'list'], ['generate', '--help']):\n"
         "    r = CliRunner().invoke(app, args)\n"

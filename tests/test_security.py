@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lmctl.cli import app
+from lmctl.cli.app import app
 from tests.conftest import REPO, corpus_text, write_prepared
 from tests.test_plugins import plugin_site, write_distribution  # noqa: F401 - plugin_site is a fixture
 
@@ -109,9 +109,9 @@ def test_source_never_unpickles_runs_a_shell_or_evals():
 
 
 def test_trust_remote_code_is_off_unless_asked_for():
-    from lmctl.evaluate import EvalConfig
-    from lmctl.generate import GenerateConfig
-    from lmctl.train_config import TrainConfig
+    from lmctl.workflows.evaluate import EvalConfig
+    from lmctl.workflows.generate import GenerateConfig
+    from lmctl.workflows.train.config import TrainConfig
 
     assert TrainConfig().trust_remote_code is False
     assert EvalConfig(models=["m"], data=["d"]).trust_remote_code is False
@@ -194,7 +194,7 @@ def test_a_pickle_that_runs_code_is_refused(tiny_model_dir, tmp_path, container)
 
 
 def tiny_model_dir_tokenizer(model: Path):
-    from lmctl.models import load_tokenizer
+    from lmctl.core.hub import load_tokenizer
 
     return load_tokenizer(str(model))
 
@@ -284,7 +284,7 @@ def refuse(*args, **kwargs):
 socket.socket.connect = socket.socket.connect_ex = refuse
 socket.create_connection = socket.getaddrinfo = refuse
 sys.argv = ["lmctl", *sys.argv[2:]]
-from lmctl.cli import main
+from lmctl.cli.app import main
 main()
 """
 
@@ -332,7 +332,7 @@ def test_offline_switch_reaches_an_already_imported_hub_client(monkeypatch):
     still switch it on afterwards."""
     import huggingface_hub.constants as hub_constants
 
-    from lmctl.models import apply_offline
+    from lmctl.core.hub import apply_offline
 
     for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.setenv(key, "0")

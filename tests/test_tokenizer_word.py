@@ -14,7 +14,7 @@ SPECIAL = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_toke
 
 
 def test_vocabulary_is_the_most_frequent_words_with_contiguous_ids():
-    from lmctl.tokenizer_trainers import train_word
+    from lmctl.data.tokenizer_trainers import train_word
 
     # WikiText writes rare words as <unk> already: that word must not get a second id.
     docs = ["the cat sat on the mat .", "the dog , the <unk> cat <unk>", "zebra <unk> dog"]
@@ -29,7 +29,7 @@ def test_vocabulary_is_the_most_frequent_words_with_contiguous_ids():
 
 
 def test_unknown_words_and_decoding():
-    from lmctl.tokenizer_trainers import as_transformers_tokenizer, train_word
+    from lmctl.data.tokenizer_trainers import as_transformers_tokenizer, train_word
 
     text = corpus_text(20_000)
     tok = train_word([text], vocab_size=500, special_tokens=SPECIAL)
@@ -46,8 +46,8 @@ def test_unknown_words_and_decoding():
 
 
 def test_registered_and_used_by_prepare(tmp_path):
-    from lmctl.cli import app
-    from lmctl.plugins import get_registry
+    from lmctl.cli.app import app
+    from lmctl.plugins.registry import get_registry
 
     assert "word" in get_registry().tokenizer_trainers
     text = corpus_text(12_000)

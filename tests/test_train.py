@@ -15,7 +15,7 @@ from tests.conftest import FAMILY_SETUP, corpus_text, write_prepared
 
 
 def tiny_config(prepared: Path, out: Path, family: str, **overrides):
-    from lmctl.train_config import TrainConfig
+    from lmctl.workflows.train.config import TrainConfig
 
     settings = dict(
         model=FAMILY_SETUP[family][0],
@@ -40,8 +40,8 @@ def tiny_config(prepared: Path, out: Path, family: str, **overrides):
 def test_tiny_run_of_each_family_learns_and_reloads(family, prepared_for, tmp_path):
     import transformers
 
-    from lmctl.plugins import get_family
-    from lmctl.train import train
+    from lmctl.plugins.registry import get_family
+    from lmctl.workflows.train.trainer import train
 
     out = tmp_path / "run"
     result = train(tiny_config(prepared_for(family), out, family, eval_every=15), quiet=True)
@@ -86,8 +86,8 @@ def test_resume_is_exact(family, tmp_path, tokenizer_for):
     import torch
     from safetensors.torch import load_file
 
-    from lmctl.plugins import get_registry
-    from lmctl.train import train
+    from lmctl.plugins.registry import get_registry
+    from lmctl.workflows.train.trainer import train
 
     prepared = write_prepared(tmp_path / "data", tokenizer_for(family), family, corpus_text(40_000))
     common = dict(max_steps=40, log_every=1, dropout=0.1, eval_every=0, grad_accum=2, batch_size=4)
@@ -116,7 +116,7 @@ def test_resume_is_exact(family, tmp_path, tokenizer_for):
 
 def test_resume_refuses_changed_config(tmp_path, tokenizer_for):
     from lmctl.errors import UsageError
-    from lmctl.train import train
+    from lmctl.workflows.train.trainer import train
 
     prepared = write_prepared(tmp_path / "data", tokenizer_for("causal"), "causal", corpus_text(20_000))
     train(tiny_config(prepared, tmp_path / "run", "causal", max_steps=4, save_every=2, eval_every=0), quiet=True)
@@ -131,8 +131,8 @@ def test_resume_refuses_changed_config(tmp_path, tokenizer_for):
 def test_checkpoints_are_pruned_and_loadable(tmp_path, tokenizer_for):
     import transformers
 
-    from lmctl.checkpoint import list_checkpoints
-    from lmctl.train import train
+    from lmctl.core.checkpoint import list_checkpoints
+    from lmctl.workflows.train.trainer import train
 
     prepared = write_prepared(tmp_path / "data", tokenizer_for("causal"), "causal", corpus_text(20_000))
     train(tiny_config(prepared, tmp_path / "run", "causal", max_steps=10, save_every=2, keep_last=2, eval_every=0), quiet=True)
@@ -143,7 +143,7 @@ def test_checkpoints_are_pruned_and_loadable(tmp_path, tokenizer_for):
 
 
 def test_learning_rate_schedule_matches_nanogpt():
-    from lmctl.train import learning_rate
+    from lmctl.workflows.train.trainer import learning_rate
 
     kw = dict(lr=1e-3, min_lr=1e-4, warmup=100, total=2000)
     assert learning_rate(0, schedule="cosine", **kw) == pytest.approx(1e-3 / 101)
@@ -158,7 +158,7 @@ def test_learning_rate_schedule_matches_nanogpt():
 
 def test_data_order_splits_global_batches_across_processes():
     """Process r of N with batch B sees exactly its slice of the 1-process batch N*B, every step."""
-    from lmctl.train import ExampleOrder
+    from lmctl.workflows.train.trainer import ExampleOrder
 
     order = ExampleOrder(50, seed=3)
     B, N, A = 4, 2, 3
@@ -177,7 +177,7 @@ def test_later_epochs_cut_the_stream_at_seeded_offsets():
     """Epoch 0 reads the prepared blocks; later epochs shift the cut, so windows are new."""
     from types import SimpleNamespace
 
-    from lmctl.train import BatchSource
+    from lmctl.workflows.train.trainer import BatchSource
 
     tokens = np.arange(1000, dtype=np.uint16)
     split = SimpleNamespace(tokens=tokens, offsets=None, num_tokens=1000)
@@ -201,7 +201,7 @@ def test_causal_rows_carry_the_next_token_so_every_token_is_a_target():
     import torch
 
     from lmctl.families.causal import next_token_batch
-    from lmctl.train import BatchSource
+    from lmctl.workflows.train.trainer import BatchSource
 
     tokens = np.arange(1000, dtype=np.uint16)
     split = SimpleNamespace(tokens=tokens, offsets=None, num_tokens=1000)
@@ -224,7 +224,7 @@ def test_causal_rows_carry_the_next_token_so_every_token_is_a_target():
 
 
 def test_nan_loss_stops_with_saved_state(tmp_path, tokenizer_for):
-    from lmctl.train import train
+    from lmctl.workflows.train.trainer import train
 
     prepared = write_prepared(tmp_path / "data", tokenizer_for("causal"), "causal", corpus_text(20_000))
     result = train(tiny_config(prepared, tmp_path / "run", "causal", max_steps=10, lr=1e30, eval_every=0), quiet=True)
@@ -238,7 +238,7 @@ def test_out_of_memory_halves_micro_batch_and_keeps_effective_batch(tmp_path, to
     import torch
 
     from lmctl.families.causal import CausalFamily
-    from lmctl.train import train
+    from lmctl.workflows.train.trainer import train
 
     prepared = write_prepared(tmp_path / "data", tokenizer_for("causal"), "causal", corpus_text(20_000))
     reference = train(

@@ -21,10 +21,10 @@ from tests.conftest import REPO, corpus_text, write_prepared
 def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, tokenizer_for, monkeypatch):
     import transformers
 
-    import lmctl.checkpoint as ckpt
+    import lmctl.core.checkpoint as ckpt
     from lmctl.errors import LmctlError
-    from lmctl.train import train
-    from lmctl.train_config import TrainConfig
+    from lmctl.workflows.train.config import TrainConfig
+    from lmctl.workflows.train.trainer import train
 
     prepared = write_prepared(tmp_path / "data", tokenizer_for("causal"), "causal", corpus_text(20_000))
     real = ckpt.save_optimizer
@@ -51,7 +51,7 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, tokenizer
     # The error reaches the CLI as one line with exit code 1.
     from typer.testing import CliRunner
 
-    from lmctl.cli import app
+    from lmctl.cli.app import app
 
     calls["n"] = 1
     result = CliRunner().invoke(app, ["train", "--train", str(prepared), "--model", "gpt2", "--from-scratch", "--preset", "tiny",
@@ -156,7 +156,7 @@ def nan_on_steps(monkeypatch, bad_steps):
 
 
 def skip_config(prepared, out, **overrides):
-    from lmctl.train_config import TrainConfig
+    from lmctl.workflows.train.config import TrainConfig
 
     settings = dict(model="gpt2", from_scratch=True, preset="tiny", train=[str(prepared)], out=str(out), max_steps=6,
                     batch_size=4, block_size=32, log_every=1, eval_every=0, save_every=1, keep_last=20, on_nan="skip",
@@ -169,7 +169,7 @@ def test_on_nan_skip_skips_the_step_counts_it_and_goes_on(tmp_path, tokenizer_fo
     import torch
     from safetensors.torch import load_file
 
-    from lmctl.train import train
+    from lmctl.workflows.train.trainer import train
 
     prepared = write_prepared(tmp_path / "data", tokenizer_for("causal"), "causal", corpus_text(20_000))
     calls = nan_on_steps(monkeypatch, {3, 4})
@@ -199,8 +199,8 @@ def test_on_nan_skip_stops_after_ten_in_a_row_with_one_error_line(tmp_path, toke
     from safetensors.torch import load_file
     from typer.testing import CliRunner
 
-    from lmctl.cli import app
-    from lmctl.train import train
+    from lmctl.cli.app import app
+    from lmctl.workflows.train.trainer import train
 
     prepared = write_prepared(tmp_path / "data", tokenizer_for("causal"), "causal", corpus_text(20_000))
     nan_on_steps(monkeypatch, set(range(3, 100)))

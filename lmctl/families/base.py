@@ -10,6 +10,7 @@ This module must stay light: torch and transformers are imported inside the meth
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -19,26 +20,139 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from lmctl.errors import LmctlError, UsageError
+from lmctl.core.hub import read_config_json as read_config_json  # documented here for plugins
+from lmctl.errors import UsageError
+from lmctl.kit.masking import mask_tokens as mask_tokens  # documented here for plugins
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from lmctl.evaluate import EvalSettings
-    from lmctl.prepared import PreparedSplit
+    from lmctl.core.prepared import PreparedSplit
+    from lmctl.kit.scoring import EvalSettings
+
+
+def option(default: Any = None, help: str = "", *, evaluation: bool = False, default_factory: Any = None) -> Any:
+    """Declare one field of a family's :class:`Options`: its default, one line of help, and whether
+    it is an evaluation setting (``evaluation=True``: read by ``evaluate`` only, so changing it does
+    not change training and it stays out of the resume fingerprint)."""
+    metadata = {"help": help, "evaluation": evaluation}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
-class FamilyOptions:
-    """Objective settings shared by the families (each family reads the ones it needs)."""
+class Options:
+    """A family's settings (objective and evaluation).  Each family declares its own subclass::
 
-    mlm_probability: float = 0.15
-    plm_probability: float = 1 / 6
-    max_span_length: int = 5
-    generator_size: float = 0.25  # ELECTRA generator hidden size as a fraction of the discriminator's
-    discriminator_weight: float = 50.0
-    label_smoothing: float = 0.0
-    generator_config: dict[str, Any] = field(default_factory=dict)  # ELECTRA generator overrides
+        class PrefixFamily(CausalFamily):
+            @dataclass
+            class Options(CausalFamily.Options):
+                prefix_fraction: float = option(0.5, "share of each block the model sees bidirectionally")
+
+    ``lmctl train/eval --family-option KEY=VALUE`` (and a ``[family_options]`` table in config
+    files) set them; unknown keys are refused with a line listing the family's options.  Training
+    settings enter the resume fingerprint and run.json; see :func:`parse_options`.
+    """
+
+    @classmethod
+    def describe(cls) -> list[dict[str, Any]]:
+        """Each option: name, type, default, help and whether it is an evaluation setting."""
+        out = []
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            out.append(
+                {
+                    "name": f.name,
+                    "type": _type_name(f.type),
+                    "default": default,
+                    "help": f.metadata.get("help", ""),
+                    "evaluation": bool(f.metadata.get("evaluation", False)),
+                }
+            )
+        return out
+
+    def training_values(self) -> dict[str, Any]:
+        """The settings that shape training (for the resume fingerprint and run.json)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("evaluation")}
+
+    def values(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+FamilyOptions = Options
+"""The name this base class had before lmctl 0.2 (then one fixed list of shared settings)."""
+
+
+def _type_name(annotation: Any) -> str:
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    return text.replace("typing.", "")
+
+
+_TRUE = ("1", "true", "yes", "on", "y", "t")
+_FALSE = ("0", "false", "no", "off", "n", "f")
+
+
+def _coerce(family_name: str, key: str, type_name: str, value: Any) -> Any:
+    """A command-line string (or a config-file value) as the option's type; one clear error if not."""
+    base = type_name.split("|")[0].strip()
+    if not isinstance(value, str):
+        if base == "float" and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+    raw = value.strip()
+    try:
+        if base == "bool":
+            if raw.lower() in _TRUE:
+                return True
+            if raw.lower() in _FALSE:
+                return False
+            raise ValueError
+        if base == "int":
+            return int(raw)
+        if base == "float":
+            return float(raw)
+        if base.startswith("dict"):
+            if raw.startswith("{"):
+                parsed = json.loads(raw)
+                if not isinstance(parsed, dict):
+                    raise ValueError
+                return parsed
+            return dict(parse_override(item) for item in raw.split(",") if item.strip())
+    except (ValueError, UsageError, json.JSONDecodeError):
+        raise UsageError(
+            f"--family-option {key}={value}: the '{family_name}' family expects {base} for '{key}'"
+        ) from None
+    return raw
+
+
+def option_items(items: list[str] | tuple[str, ...], flag: str = "--family-option") -> dict[str, str]:
+    """``["KEY=VALUE", ...]`` from the command line as a dict (values stay strings until
+    :func:`parse_options` reads them as the option's type)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def parse_options(family: Family, values: dict[str, Any] | None = None) -> Options:
+    """The family's :class:`Options` with ``values`` (strings from the command line, or typed values
+    from a config file) applied; an unknown key is refused with one line listing the options."""
+    defaults = family.default_options()
+    fields = {f.name: f for f in dataclasses.fields(defaults)}
+    kwargs: dict[str, Any] = {}
+    for key, value in (values or {}).items():
+        name = key.strip().replace("-", "_")
+        if name not in fields:
+            known = ", ".join(fields) or "none"
+            raise UsageError(f"the '{family.name}' family has no option '{key}' (its options: {known})")
+        kwargs[name] = _coerce(family.name, name, _type_name(fields[name].type), value)
+    options = dataclasses.replace(defaults, **kwargs)
+    family.check_options(options)
+    return options
 
 
 @dataclass
@@ -106,8 +220,13 @@ class Family(ABC):
     """Base class for architecture families.  Subclass it and override what differs.
 
     Class attributes declare the family; methods do the work.  A family instance is stateless:
-    objective settings arrive as :class:`FamilyOptions`.
+    objective settings arrive as an instance of its :attr:`Options`.
     """
+
+    Options: ClassVar[type[Options]] = Options
+    """The family's settings: a dataclass subclassing :class:`Options` (see there)."""
+    lora: ClassVar[bool] = True
+    """Whether ``--lora`` may wrap this family's model with peft adapters."""
 
     name: ClassVar[str] = ""
     """Unique name used by ``--family`` and shown by ``lmctl plugins list``."""
@@ -143,7 +262,7 @@ class Family(ABC):
     """Extra training metrics (beyond loss) that :meth:`compute_loss` reports."""
     tiny_config: ClassVar[dict[str, Any]] = {}
     """Config overrides for a tiny model of the first scratch architecture (2 layers, hidden 32),
-    used by ``lmctl plugins check`` when :mod:`lmctl.presets` has no ``tiny`` preset for it."""
+    used by ``lmctl plugins check`` when :mod:`lmctl.core.presets` has no ``tiny`` preset for it."""
 
     # --- tokens ----------------------------------------------------------------------------------
 
@@ -168,7 +287,7 @@ class Family(ABC):
 
     def load_pretrained(self, name_or_path: str, *, trust_remote_code: bool = False, **kwargs: Any) -> Any:
         """Load pretrained weights (a local directory, or a hub id when online)."""
-        from lmctl.models import hub_call
+        from lmctl.core.hub import hub_call
 
         cls = self.auto_model_class()
         return hub_call(
@@ -237,7 +356,7 @@ class Family(ABC):
         block_size: int,
         overrides: dict[str, Any] | None = None,
         dropout: float | None = None,
-        options: FamilyOptions | None = None,
+        options: Options | None = None,
     ) -> Any:
         """A freshly initialised model of ``architecture`` sized for ``tokenizer``."""
         config = self.build_config(
@@ -262,14 +381,21 @@ class Family(ABC):
                     f"use --block-size {limit} or less"
                 )
 
+    def check_options(self, options: Options) -> None:
+        """Refuse option values the family cannot use (one clear line); the default accepts all."""
+        return None
+
+    def default_options(self) -> Options:
+        return self.Options()
+
     # --- batches and loss ------------------------------------------------------------------------
 
     @abstractmethod
-    def make_collator(self, tokenizer: Any, options: FamilyOptions) -> Collator:
+    def make_collator(self, tokenizer: Any, options: Options) -> Collator:
         """The function that turns token blocks into a model batch (labels included)."""
 
     @abstractmethod
-    def compute_loss(self, model: Any, batch: dict, options: FamilyOptions) -> LossOutput:
+    def compute_loss(self, model: Any, batch: dict, options: Options) -> LossOutput:
         """Forward pass and training loss for one batch from :meth:`make_collator`."""
 
     # --- evaluation ------------------------------------------------------------------------------
@@ -277,7 +403,7 @@ class Family(ABC):
     def evaluate(self, model: Any, tokenizer: Any, split: PreparedSplit, settings: EvalSettings) -> dict[str, Any]:
         """Score ``model`` on a prepared split for ``lmctl eval`` and training evaluations.
 
-        Called by :func:`lmctl.evaluate.evaluate_model` under ``torch.no_grad()`` with the model in
+        Called by :func:`lmctl.workflows.evaluate.evaluate_model` under ``torch.no_grad()`` with the model in
         eval mode.  Return at least ``loss`` (mean NLL per predicted token, in nats, summed over all
         batches and divided once) and ``tokens`` (predicted tokens counted); optionally
         ``text_nll`` (total NLL when every token of the text is scored exactly once: gives bits per
@@ -286,7 +412,7 @@ class Family(ABC):
         command gives the same number.  The default averages :meth:`compute_loss` over blocks,
         token-weighted, with the collator seeded per block.
         """
-        from lmctl.evaluate import evaluate_with_loss
+        from lmctl.kit.scoring import evaluate_with_loss
 
         return evaluate_with_loss(self, model, tokenizer, split, settings)
 
@@ -308,15 +434,24 @@ class Family(ABC):
 
     def load_weights(self, model: Any, path: str | os.PathLike) -> None:
         """Load the weights of a directory written by :meth:`save` into ``model`` (resume)."""
-        from lmctl.checkpoint import load_model_weights
+        from lmctl.core.checkpoint import load_model_weights
 
         load_model_weights(model, Path(path))
+
+    def check_evaluation_model(self, name_or_path: str) -> None:
+        """Refuse, before loading, a saved model that ``lmctl eval`` cannot score (one clear line)."""
+        return None
 
     def load_for_inference(self, path: str, *, trust_remote_code: bool = False) -> Any:
         """Load a saved model for ``eval``/``generate`` (the main model only)."""
         return self.load_pretrained(path, trust_remote_code=trust_remote_code)
 
     # --- reporting -------------------------------------------------------------------------------
+
+    def describe_options(self) -> list[dict[str, Any]]:
+        """The family's options (name, type, default, help, evaluation) with this instance's defaults."""
+        defaults = self.default_options().values()
+        return [dict(entry, default=defaults[entry["name"]]) for entry in self.Options.describe()]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -326,6 +461,7 @@ class Family(ABC):
             "auto_class": self.auto_class,
             "generate": self.generate_kind,
             "scratch_architectures": list(self.scratch_architectures),
+            "options": self.describe_options(),
         }
 
 
@@ -341,50 +477,3 @@ def preferred_attention(config: Any) -> str:
     if model_type in {"xlnet", "openai-gpt"}:
         return "eager"
     return "sdpa"
-
-
-def mask_tokens(
-    input_ids: torch.Tensor,
-    *,
-    probability: float,
-    mask_token_id: int,
-    vocab_size: int,
-    special_ids: list[int],
-    generator: torch.Generator,
-    attention_mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT masking: choose ``probability`` of the tokens; 80% -> [MASK], 10% random, 10% unchanged.
-
-    Returns (masked inputs, labels with -100 where nothing is predicted).  All randomness comes
-    from ``generator`` so a seed fixes the masks (evaluation is repeatable, resume is exact).
-    """
-    import torch
-
-    labels = input_ids.clone()
-    probs = torch.full(input_ids.shape, probability)
-    special = torch.zeros_like(input_ids, dtype=torch.bool)
-    for token_id in special_ids:
-        special |= input_ids == token_id
-    if attention_mask is not None:
-        special |= attention_mask == 0
-    probs.masked_fill_(special, 0.0)
-    chosen = torch.bernoulli(probs, generator=generator).bool()
-    labels[~chosen] = -100
-    masked = input_ids.clone()
-    replace = torch.bernoulli(torch.full(input_ids.shape, 0.8), generator=generator).bool() & chosen
-    masked[replace] = mask_token_id
-    randomize = torch.bernoulli(torch.full(input_ids.shape, 0.5), generator=generator).bool() & chosen & ~replace
-    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator, dtype=input_ids.dtype)
-    masked[randomize] = random_ids[randomize]
-    return masked, labels
-
-
-def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
-    """Read ``config.json`` of a model directory, with a clear error when it is not a model."""
-    config_path = Path(path) / "config.json"
-    if not config_path.is_file():
-        raise LmctlError(f"{path} is not a model directory: it has no config.json")
-    try:
-        return json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LmctlError(f"{config_path} is not valid JSON ({exc}); the model directory is damaged") from None

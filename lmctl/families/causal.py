@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from lmctl.families.base import Family, FamilyOptions, LossOutput
+import numpy as np
+
+from lmctl.families.base import Family, LossOutput, option
 from lmctl.hookspecs import hookimpl
+from lmctl.kit.scoring import (
+    IGNORE,
+    EvalSettings,
+    accepts,
+    batched,
+    causal_windows,
+    length_sorted,
+    mean_or_nan,
+    pad_id_of,
+    sequences,
+    special_ids,
+    stack_windows,
+    sum_nll,
+    text_tokens,
+)
 
 
 def next_token_batch(input_ids: Any, attention_mask: Any = None, generator: Any = None) -> dict:
     """A causal batch: ``labels`` are the tokens (Hugging Face convention: position t predicts
-    ``labels[t + 1]``, see :mod:`lmctl.losses`).
+    ``labels[t + 1]``, see :mod:`lmctl.kit.losses`).
 
     Packed rows (no attention mask) carry :attr:`CausalFamily.block_lookahead` = 1 token past the
     block: the model reads the first T and all T positions have a target.  Padded rows (line by
@@ -38,6 +56,10 @@ class CausalFamily(Family):
     tokenizer_kind = "bytelevel-bpe"
     block_lookahead = 1  # T inputs + the token after them: every position has a target
 
+    @dataclass
+    class Options(Family.Options):
+        label_smoothing: float = option(0.0, "label smoothing of the cross-entropy (0 = none)")
+
     def special_tokens(self) -> dict[str, str]:
         return {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
 
@@ -49,20 +71,18 @@ class CausalFamily(Family):
             overrides.setdefault("activation_function", "gelu_pytorch_tanh")
         return super().build_config(architecture, overrides=overrides, **kwargs)
 
-    def make_collator(self, tokenizer: Any, options: FamilyOptions) -> Any:
+    def make_collator(self, tokenizer: Any, options: Options) -> Any:
         return next_token_batch
 
-    def compute_loss(self, model: Any, batch: dict, options: FamilyOptions) -> LossOutput:
-        from lmctl.losses import causal_lm_loss
+    def compute_loss(self, model: Any, batch: dict, options: Options) -> LossOutput:
+        from lmctl.kit.losses import causal_lm_loss
 
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         loss, tokens = causal_lm_loss(model, inputs, batch["labels"], options.label_smoothing)
         return LossOutput(loss=loss, tokens=tokens)
 
     def evaluate(self, model: Any, tokenizer: Any, split: Any, settings: Any) -> dict:
-        """Next-token NLL of every token once, with sliding windows (see :mod:`lmctl.evaluate`)."""
-        from lmctl.evaluate import evaluate_causal
-
+        """Next-token NLL of every token once, with sliding windows (see :mod:`lmctl.workflows.evaluate`)."""
         return evaluate_causal(self, model, tokenizer, split, settings)
 
     def save(self, model: Any, tokenizer: Any, out_dir: Any, *, safe_serialization: bool = True) -> None:
@@ -73,6 +93,52 @@ class CausalFamily(Family):
             if generation_config.pad_token_id is None:
                 generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
             generation_config.save_pretrained(out_dir)
+
+
+def evaluate_causal(family: Any, model: Any, tokenizer: Any, split: Any, settings: EvalSettings) -> dict:
+    """Next-token NLL over the whole text, with (sliding) windows; each token is predicted once: the first window scores its ``block_size`` predictions, every further
+    window moves ``stride`` tokens on and scores only the new ones (docs/eval.md)."""
+    import torch
+
+    device = settings.device
+    separator = family.document_separator(tokenizer)
+    specials = special_ids(tokenizer)
+    pad = pad_id_of(tokenizer)
+    windows = (
+        w
+        for seq in sequences(split, separator, specials)
+        for w in causal_windows(seq, settings.block_size, settings.window_stride)
+    )
+    if split.offsets is not None:
+        windows = length_sorted(windows, 64 * settings.batch_size)
+    total_targets = text_tokens(split, separator, specials)
+    keep_kwarg = accepts(model, "logits_to_keep")
+    extra = {"use_cache": False} if accepts(model, "use_cache") else {}
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    tokens, complete = 0, True
+    for n, batch in enumerate(batched(windows, settings.batch_size, None)):
+        if settings.max_batches is not None and n >= settings.max_batches:
+            complete = False
+            break
+        ids, labels, attention = stack_windows(batch, pad)
+        # Right padding sits after every real token, so causal attention never lets a real token
+        # see it; the mask is passed anyway (all ones without padding: the fast path stays on).
+        kwargs = dict(extra, attention_mask=torch.from_numpy(attention).to(device, non_blocking=True))
+        scored = labels != IGNORE
+        first = int(scored.argmax(axis=1).min())  # earliest position that predicts something new
+        if keep_kwarg and first > 0:
+            kwargs["logits_to_keep"] = ids.shape[1] - first  # skip the LM head on context positions
+            labels = labels[:, first:]
+        input_ids = torch.from_numpy(ids).to(device, non_blocking=True)
+        target = torch.from_numpy(np.ascontiguousarray(labels)).to(device, non_blocking=True)
+        with settings.forward_context():
+            logits = model(input_ids=input_ids, **kwargs).logits
+        total += sum_nll(logits, target).double()
+        new = sum(w.new for w in batch)
+        tokens += new
+        settings.report(new, total_targets)
+    loss = mean_or_nan(float(total), tokens)
+    return {"loss": loss, "tokens": tokens, "text_nll": float(total), "complete": complete}
 
 
 @hookimpl

@@ -7,12 +7,29 @@ order), with every random draw taken from the given generator so seeds fix the r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from lmctl.errors import UsageError
-from lmctl.families.base import Family, FamilyOptions, LossOutput
-from lmctl.families.masked import masked_cross_entropy
+from lmctl.families.base import Family, LossOutput, option
 from lmctl.hookspecs import hookimpl
+from lmctl.kit.losses import masked_cross_entropy
+from lmctl.kit.scoring import (
+    IGNORE,
+    EvalSettings,
+    batched,
+    covered_all,
+    in_place_windows,
+    length_sorted,
+    mean_or_nan,
+    pad_id_of,
+    safe_exp,
+    seeded_blocks,
+    sequences,
+    special_ids,
+    stack_windows,
+    sum_nll,
+)
 
 
 def permutation_batch(
@@ -82,6 +99,21 @@ class PermutedFamily(Family):
     # XLNetLMHeadModel.prepare_inputs_for_generation drops the attention mask, so padded
     # prompts would attend to the padding: batch only prompts of equal length.
     generate_with_padding = False
+
+    @dataclass
+    class Options(Family.Options):
+        plm_probability: float = option(1 / 6, "share of tokens predicted per block (XLNet: 1/6)")
+        max_span_length: int = option(5, "longest span of consecutive tokens masked together")
+        label_smoothing: float = option(0.0, "label smoothing of the cross-entropy (0 = none)")
+        left_to_right: bool = option(
+            True, "evaluation: also score every token from the tokens before it only", evaluation=True
+        )
+
+    def check_options(self, options: Any) -> None:
+        if not 0.0 < options.plm_probability < 1.0:
+            raise UsageError(f"plm_probability must be between 0 and 1, got {options.plm_probability}")
+        if options.max_span_length < 1:
+            raise UsageError(f"max_span_length must be at least 1, got {options.max_span_length}")
     pipeline_tag = "text-generation"
     requires_even_block_size = True
     tokenizer_kind = "unigram"
@@ -106,7 +138,7 @@ class PermutedFamily(Family):
         config.use_mems_eval = False
         return config
 
-    def make_collator(self, tokenizer: Any, options: FamilyOptions) -> Any:
+    def make_collator(self, tokenizer: Any, options: Any) -> Any:
         if tokenizer.mask_token_id is None:
             raise UsageError("the tokenizer has no mask token, which the 'permuted' family needs")
         special_ids = sorted(set(tokenizer.all_special_ids))
@@ -125,17 +157,94 @@ class PermutedFamily(Family):
 
         return collate
 
-    def compute_loss(self, model: Any, batch: dict, options: FamilyOptions) -> LossOutput:
+    def compute_loss(self, model: Any, batch: dict, options: Any) -> LossOutput:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits = model(**inputs, use_mems=False).logits
         loss, tokens = masked_cross_entropy(logits, batch["labels"], options.label_smoothing)
         return LossOutput(loss=loss, tokens=tokens)
 
     def evaluate(self, model: Any, tokenizer: Any, split: Any, settings: Any) -> dict:
-        """Seeded PLM loss plus a left-to-right score (see :mod:`lmctl.evaluate`)."""
-        from lmctl.evaluate import evaluate_permuted
-
+        """Seeded PLM loss plus a left-to-right score (see :mod:`lmctl.workflows.evaluate`)."""
         return evaluate_permuted(self, model, tokenizer, split, settings)
+
+
+def evaluate_permuted(family: Any, model: Any, tokenizer: Any, split: Any, settings: EvalSettings) -> dict:
+    """XLNet: the PLM loss of the training objective (seeded), plus the left-to-right score."""
+    import torch
+
+    total = torch.zeros((), dtype=torch.float64, device=settings.device)
+    tokens = covered = 0
+    plm_total = split.num_tokens * (2 if settings.options.left_to_right else 1) if split.offsets is None else None
+    for batch, _, n in seeded_blocks(family, tokenizer, split, settings):
+        labels = batch.pop("labels")
+        with settings.forward_context():
+            logits = model(**batch, use_mems=False).logits
+        total += sum_nll(logits, labels).double()
+        tokens += int((labels != IGNORE).sum())
+        covered += n
+        settings.report(n, plm_total)
+    result: dict[str, Any] = {
+        "loss": mean_or_nan(float(total), tokens),
+        "tokens": tokens,
+        "complete": covered_all(split, settings, covered),
+    }
+    if settings.options.left_to_right:
+        ltr = xlnet_left_to_right(family, model, tokenizer, split, settings)
+        result["left_to_right_loss"] = ltr["loss"]
+        result["left_to_right_perplexity"] = safe_exp(ltr["loss"])
+        result["left_to_right_tokens"] = ltr["tokens"]
+        result["text_nll"] = ltr["text_nll"]
+        result["complete"] = result["complete"] and ltr["complete"]
+    return result
+
+
+def xlnet_left_to_right_inputs(input_ids: Any) -> dict:
+    """XLNet inputs under which the output at position i predicts token i from tokens < i only."""
+    import torch
+
+    b, width = input_ids.shape
+    hidden = torch.triu(torch.ones(width, width, device=input_ids.device), diagonal=0)  # j >= i: not visible
+    return {
+        "input_ids": input_ids,
+        "perm_mask": hidden.expand(b, width, width),
+        "target_mapping": torch.eye(width, device=input_ids.device).expand(b, width, width),
+    }
+
+
+def xlnet_left_to_right(family: Any, model: Any, tokenizer: Any, split: Any, settings: EvalSettings) -> dict:
+    """Every token predicted from the tokens before it only.
+
+    ``perm_mask[i, j] = 1`` for ``j >= i`` hides a token and everything after it from position i;
+    with an identity ``target_mapping`` XLNet's query stream at i (which never sees token i's
+    content) predicts token i.  Right padding comes after every real token, so it is hidden too.
+    """
+    import torch
+
+    device = settings.device
+    separator = family.document_separator(tokenizer)
+    specials = special_ids(tokenizer)
+    windows = (
+        w
+        for seq in sequences(split, separator, specials)
+        for w in in_place_windows(seq, settings.block_size, settings.window_stride)
+    )
+    if split.offsets is not None:
+        windows = length_sorted(windows, 64 * settings.batch_size)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    tokens, complete = 0, True
+    for n, batch in enumerate(batched(windows, settings.batch_size, None)):
+        if settings.max_batches is not None and n >= settings.max_batches:
+            complete = False
+            break
+        ids, labels, _ = stack_windows(batch, pad_id_of(tokenizer))
+        inputs = xlnet_left_to_right_inputs(torch.from_numpy(ids).to(device))
+        with settings.forward_context():
+            logits = model(**inputs, use_mems=False).logits
+        total += sum_nll(logits, torch.from_numpy(labels).to(device)).double()
+        new = sum(w.new for w in batch)
+        tokens += new
+        settings.report(new, 2 * split.num_tokens if split.offsets is None else None)
+    return {"loss": mean_or_nan(float(total), tokens), "tokens": tokens, "text_nll": float(total), "complete": complete}
 
 
 @hookimpl

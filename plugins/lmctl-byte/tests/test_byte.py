@@ -54,7 +54,7 @@ def test_special_tokens_stay_whole():
 def test_wrapped_for_transformers_and_saved(tmp_path):
     from transformers import AutoTokenizer
 
-    from lmctl.tokenizer_trainers import as_transformers_tokenizer
+    from lmctl.data.tokenizer_trainers import as_transformers_tokenizer
 
     tok = as_transformers_tokenizer(train_byte([], vocab_size=0, special_tokens=CAUSAL_SPECIALS), CAUSAL_SPECIALS)
     tok.save_pretrained(tmp_path)
@@ -71,7 +71,7 @@ def registered(monkeypatch):
     """The plugin registered by hand, as if installed (an installed copy is kept out of the way)."""
     import lmctl_byte.plugin as plugin
 
-    from lmctl.plugins import register_plugin, reset_registry
+    from lmctl.plugins.registry import register_plugin, reset_registry
 
     monkeypatch.setenv("LMCTL_LOAD_PLUGINS", "")  # installed plugins: none
     reset_registry()
@@ -81,7 +81,7 @@ def registered(monkeypatch):
 
 
 def test_registered_through_the_hook(registered):
-    from lmctl.plugins import get_registry
+    from lmctl.plugins.registry import get_registry
 
     registry = get_registry()
     assert registry.tokenizer_trainers["byte"] is train_byte
@@ -89,7 +89,7 @@ def test_registered_through_the_hook(registered):
 
 
 def test_plugins_check_passes(registered):
-    from lmctl.plugin_check import check_plugins
+    from lmctl.plugins.check import check_plugins
 
     result = check_plugins(["byte"])
     assert result.ok, result.problems

@@ -70,8 +70,8 @@ def test_fim_rate_is_respected():
 
 @pytest.fixture(scope="module")
 def fim_tokenizer():
-    from lmctl.plugins import get_registry
-    from lmctl.tokenizer_trainers import as_transformers_tokenizer
+    from lmctl.data.tokenizer_trainers import as_transformers_tokenizer
+    from lmctl.plugins.registry import get_registry
 
     family = FimFamily()
     special = family.special_tokens()
@@ -83,10 +83,9 @@ def fim_tokenizer():
 def test_collator_is_seeded_keeps_shapes_and_predicts_everything(fim_tokenizer):
     import torch
 
-    from lmctl.families.base import FamilyOptions
 
     family = FimFamily(rate=1.0)
-    collate = family.make_collator(fim_tokenizer, FamilyOptions())
+    collate = family.make_collator(fim_tokenizer, family.default_options())
     eos = fim_tokenizer.eos_token_id
     doc = fim_tokenizer("The quick brown fox jumps over the lazy dog.", add_special_tokens=False)["input_ids"]
     row = ([eos] + doc) * 4
@@ -104,9 +103,8 @@ def test_collator_is_seeded_keeps_shapes_and_predicts_everything(fim_tokenizer):
 def test_collator_padded_rows_grow_into_padding(fim_tokenizer):
     import torch
 
-    from lmctl.families.base import FamilyOptions
 
-    collate = FimFamily(rate=1.0).make_collator(fim_tokenizer, FamilyOptions())
+    collate = FimFamily(rate=1.0).make_collator(fim_tokenizer, FimFamily(rate=1.0).default_options())
     ids = torch.tensor([[50, 51, 52, 53, 0, 0, 0, 0, 0], [50, 51, 52, 53, 54, 55, 56, 57, 58]])
     mask = (torch.arange(9) < torch.tensor([[4], [9]])).long()
     batch = collate(ids, mask, torch.Generator().manual_seed(0))
@@ -117,14 +115,13 @@ def test_collator_padded_rows_grow_into_padding(fim_tokenizer):
 
 
 def test_tokenizer_without_sentinels_is_refused():
+    from lmctl.data.tokenizer_trainers import as_transformers_tokenizer, train_char
     from lmctl.errors import UsageError
-    from lmctl.families.base import FamilyOptions
-    from lmctl.tokenizer_trainers import as_transformers_tokenizer, train_char
 
     special = {"eos_token": "<|endoftext|>"}
     tok = as_transformers_tokenizer(train_char(["abc"], vocab_size=50, special_tokens=special), special)
     with pytest.raises(UsageError, match="fim_prefix"):
-        FimFamily().make_collator(tok, FamilyOptions())
+        FimFamily().make_collator(tok, FimFamily().default_options())
 
 
 def test_fim_prompt_layout():
@@ -136,7 +133,7 @@ def registered(monkeypatch):
     """The plugin registered by hand, as if installed (an installed copy is kept out of the way)."""
     import lmctl_fim.plugin as plugin
 
-    from lmctl.plugins import register_plugin, reset_registry
+    from lmctl.plugins.registry import register_plugin, reset_registry
 
     monkeypatch.setenv("LMCTL_LOAD_PLUGINS", "")  # installed plugins: none
     reset_registry()
@@ -146,8 +143,8 @@ def registered(monkeypatch):
 
 
 def test_family_registered_and_checked(registered):
-    from lmctl.plugin_check import check_plugins
-    from lmctl.plugins import get_family
+    from lmctl.plugins.check import check_plugins
+    from lmctl.plugins.registry import get_family
 
     assert isinstance(get_family("fim"), FimFamily)
     assert get_family("fill-in-the-middle") is get_family("fim")
@@ -160,8 +157,8 @@ def test_saved_model_resolves_to_fim_and_infill_runs(registered, fim_tokenizer, 
     import typer
     from typer.testing import CliRunner
 
-    from lmctl.cli import add_plugin_commands
-    from lmctl.plugins import family_for_config, get_family
+    from lmctl.cli.app import add_plugin_commands
+    from lmctl.plugins.registry import family_for_config, get_family
 
     family = get_family("fim")
     torch.manual_seed(0)

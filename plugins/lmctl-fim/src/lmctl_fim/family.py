@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from lmctl.errors import UsageError
-from lmctl.families.base import FamilyOptions
+from lmctl.families.base import option
 from lmctl.families.causal import CausalFamily, next_token_batch
 
 FIM_PREFIX = "<|fim_prefix|>"
@@ -99,10 +100,23 @@ class FimFamily(CausalFamily):
     tokenizer_kind = "bytelevel-bpe"
     metric_names = ()
 
+    @dataclass
+    class Options(CausalFamily.Options):
+        fim_rate: float = option(DEFAULT_RATE, "share of documents rearranged prefix-suffix-middle (the paper: 0.5)")
+
     def __init__(self, rate: float = DEFAULT_RATE) -> None:
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"FIM rate must be within [0, 1], got {rate}")
+        # The default of --family-option fim_rate for this instance (tests build families with
+        # other rates); the run's options decide.
         self.rate = rate
+
+    def default_options(self) -> Any:
+        return self.Options(fim_rate=self.rate)
+
+    def check_options(self, options: Any) -> None:
+        if not 0.0 <= options.fim_rate <= 1.0:
+            raise UsageError(f"fim_rate must be within [0, 1], got {options.fim_rate}")
 
     def special_tokens(self) -> dict[str, str]:
         return {
@@ -123,10 +137,10 @@ class FimFamily(CausalFamily):
             )
         return vocab[FIM_PREFIX], vocab[FIM_SUFFIX], vocab[FIM_MIDDLE]
 
-    def make_collator(self, tokenizer: Any, options: FamilyOptions) -> Any:
+    def make_collator(self, tokenizer: Any, options: Any) -> Any:
         prefix_id, suffix_id, middle_id = self.sentinel_ids(tokenizer)
         separators = set(self.document_separator(tokenizer))
-        rate = self.rate
+        rate = options.fim_rate
 
         def collate(input_ids: Any, attention_mask: Any = None, generator: Any = None) -> dict:
             import torch

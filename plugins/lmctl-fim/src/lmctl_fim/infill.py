@@ -22,7 +22,7 @@ def infill_command(
     show_all: bool = typer.Option(False, "--show-all", help="Print prefix + middle + suffix instead of the middle alone."),
 ) -> None:
     """Generate the missing middle between --prefix and --suffix (the model stops at end of text)."""
-    from lmctl.generate import GenerationSettings, generate_text, load_model
+    from lmctl.workflows.generate import GenerationSettings, generate_text, load_model
     from lmctl_fim.family import FimFamily, fim_prompt
 
     loaded = load_model(model)

@@ -1,7 +1,7 @@
 """The lmctl hooks of lmctl-fim: the ``fim`` family and the ``lmctl infill`` command.
 
 Registered through the ``lmctl`` entry-point group (see pyproject.toml).  Kept light: the family
-module imports torch only inside its methods, and the command imports lmctl.generate when run.
+module imports torch only inside its methods, and the command imports lmctl.workflows.generate when run.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Reading data: text/json/csv/parquet/dataset readers, tokenizer trainers, resolving input paths."""

@@ -1,0 +1,24 @@
+"""What a training run returns (and run.json records as ``result``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns (and ``run.json`` records)."""
+
+    out: Path
+    steps: int
+    total_steps: int
+    final_train_loss: float | None = None
+    final_eval: dict[str, Any] | None = None
+    best_eval_loss: float | None = None
+    best_checkpoint: str | None = None
+    interrupted: str | None = None  # "SIGINT" / "SIGTERM" / "nan" / "early-stopping"
+    wall_seconds: float = 0.0
+    tokens_per_s: float | None = None
+    metrics: list[dict[str, Any]] = field(default_factory=list)

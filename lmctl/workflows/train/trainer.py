@@ -1,0 +1,964 @@
+"""``lmctl train``: the training loop, on Accelerate, for every family.
+
+Read top to bottom: :func:`train` resolves the family, data, tokenizer and model, prints the
+plan, then runs :class:`Trainer`, whose loop is deliberately plain:
+
+    for each optimizer step:
+        set the learning rate (warm-up, then cosine/linear/constant/inverse-sqrt decay)
+        for each micro-batch: collate -> family.compute_loss -> backward (no DDP sync but the last)
+        clip, check the step is finite, optimizer step
+        every log_every steps: one host sync, log; eval_every: evaluate; save_every: checkpoint
+
+Design choices (why):
+
+* Data order is a pure function of (seed, epoch): a per-epoch permutation of the blocks.  The
+  examples of optimizer step ``s`` are positions ``[s * G, (s + 1) * G)`` of that order (G = the
+  global batch), split between accumulation steps and processes.  So resuming needs only the step
+  (no batch skipping), and N processes x batch B see exactly the examples of 1 process x N*B.
+* Randomness of collators (masking) comes from a dedicated ``torch.Generator`` saved in checkpoints;
+  dropout uses torch's global RNG, also saved.  Resuming is therefore exact.
+* No ``.item()`` per step except one scalar to catch a NaN/inf before the optimizer applies it.
+* The learning rate is computed from the step (no scheduler object to save).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmctl.core import checkpoint as ckpt
+from lmctl.core.files import write_json_atomic
+from lmctl.core.quiet import quiet_libraries
+from lmctl.errors import LmctlError, UsageError
+from lmctl.families.base import Family, Options, parse_options, parse_override
+from lmctl.kit.scoring import safe_exp
+from lmctl.workflows.train.card import model_card
+from lmctl.workflows.train.config import TrainConfig
+from lmctl.workflows.train.data import BatchSource, ExampleOrder, prepared_data_hash, resolve_data
+from lmctl.workflows.train.launch import install_signal_handlers, launch_processes, restore_signal_handlers
+from lmctl.workflows.train.result import TrainResult
+
+# Settings that must not change between a run and its resumption.
+FINGERPRINT_KEYS = (
+    "model", "family", "from_scratch", "model_config", "preset", "block_size", "global_batch", "seed",
+    "data_hash", "schedule", "lr", "min_lr", "warmup_steps", "total_steps", "weight_decay", "beta1", "beta2",
+    "line_by_line", "family_options", "dropout",
+)  # fmt: skip
+
+
+# --- learning rate --------------------------------------------------------------------------------
+
+
+def learning_rate(step: int, *, lr: float, min_lr: float, warmup: int, total: int, schedule: str) -> float:
+    """The learning rate of optimizer step ``step`` (0-based); nanoGPT's warm-up and cosine decay."""
+    if step < warmup:
+        return lr * (step + 1) / (warmup + 1)
+    if schedule == "constant":
+        return lr
+    if schedule == "inverse-sqrt":
+        return max(min_lr, lr * math.sqrt(max(warmup, 1)) / math.sqrt(step + 1))
+    ratio = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        return min_lr + (1.0 - ratio) * (lr - min_lr)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+# --- setup ----------------------------------------------------------------------------------------
+
+
+def family_options(config: TrainConfig, family: Family) -> Options:
+    """The chosen family's options from ``--family-option`` and the shorthand flags; a setting the
+    family does not have is refused with one line listing the ones it has."""
+    return parse_options(family, config.family_option_values())
+
+
+def optimizer_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices (weights of linear/embedding layers), not biases and norm scales (nanoGPT)."""
+    decay, no_decay, seen = [], [], set()
+    for _name, param in model.named_parameters():
+        if not param.requires_grad or id(param) in seen:
+            continue
+        seen.add(id(param))
+        (decay if param.dim() >= 2 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: Any, config: TrainConfig, lr: float, device: Any) -> Any:
+    import torch
+
+    groups = optimizer_groups(model, config.weight_decay)
+    kwargs = dict(lr=lr, betas=(config.beta1, config.beta2), eps=1e-8)
+    # The fused kernel is one pass over all parameters; it exists for CPU and CUDA in torch >= 2.4.
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, **kwargs)
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for name in ("lmctl", "torch", "transformers", "tokenizers", "accelerate", "datasets", "safetensors", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+# --- the trainer ----------------------------------------------------------------------------------
+
+
+class StopTraining(Exception):
+    """Raised inside the loop to end it early (signal, NaN, early stopping)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Trainer:
+    """Owns one training run: state, the loop, evaluation, checkpoints and outputs."""
+
+    def __init__(
+        self, config: TrainConfig, *, quiet: bool = False, display: DisplayFactory | None = None, prepare_progress: Any = None
+    ) -> None:
+        self.config = config
+        self.quiet = quiet
+        self.display_factory = display
+        self.prepare_progress = prepare_progress
+        self.out = Path(config.out)
+        self.metrics: list[dict[str, Any]] = []
+        self.stop_signal: str | None = None
+        self.best_eval_loss: float | None = None
+        self.best_step: int | None = None
+        self.evals_without_improvement = 0
+        self.nan_in_a_row = 0
+        self.nan_skipped = 0
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        """Build everything the loop needs, in order; each step is a method below."""
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        quiet_libraries()
+        model = self._setup_family()  # a pretrained model first: its tokenizer and limit shape the data
+        self._setup_data(model)
+        model = self._setup_model(model)
+        self._setup_precision(model)
+        self._setup_accelerator()
+        self._setup_schedule()
+        self._setup_optimizer(model)
+        self._setup_resume()
+        self._prepare_for_training()
+
+    def _setup_family(self) -> Any:
+        """The family, its options, and the pretrained model (None when training from scratch)."""
+        from lmctl.core.hub import HubUnavailableError
+        from lmctl.families.base import max_positions
+        from lmctl.plugins.registry import resolve_family
+
+        config = self.config
+        try:
+            family = resolve_family(
+                config.model, family=config.family, from_scratch=config.from_scratch, trust_remote_code=config.trust_remote_code
+            )
+            self.family = family
+            self.options = family_options(config, family)
+            model = None
+            if not config.from_scratch:
+                model = family.load_pretrained(config.model, trust_remote_code=config.trust_remote_code)
+        except HubUnavailableError as exc:
+            raise LmctlError(f"{exc}, or --from-scratch to build the architecture without weights") from None
+        limit = max_positions(model.config) if model is not None else None
+        block_size = config.block_size or (128 if model is None else min(512, limit or 512))
+        if family.requires_even_block_size and block_size % 2 and config.block_size is None:
+            block_size -= 1
+        family.check_block_size(block_size, model)
+        self.block_size = block_size
+        return model
+
+    def _setup_data(self, model: Any) -> None:
+        """The process layout, the prepared data (raw files are prepared into the cache once) and its tokenizer."""
+        import torch
+        from accelerate import PartialState
+
+        config, family = self.config, self.family
+        tokenizer_source = config.tokenizer or (config.model if not config.from_scratch else family.tokenizer_kind)
+        # PartialState knows the device and process layout; the Accelerator itself is created once
+        # the model size is known, because "auto" precision depends on it.
+        # With no accelerator, say so: Accelerate then runs multi-process CPU training over gloo.
+        self.use_cpu = not torch.cuda.is_available() and not torch.backends.mps.is_available()
+        self.state = PartialState(cpu=self.use_cpu)
+        self.data = resolve_data(config, family, tokenizer_source, self.block_size, self.state, self.prepare_progress)
+        self.tokenizer = self.data.load_tokenizer()
+
+    def _setup_model(self, model: Any) -> Any:
+        """The model from scratch (seeded), or the pretrained one with the requested dropout."""
+        import torch
+        from accelerate.utils import set_seed
+
+        from lmctl.core.hub import check_tokenizer_matches, count_parameters
+        from lmctl.core.presets import preset_overrides
+
+        config, family, tokenizer = self.config, self.family, self.tokenizer
+        set_seed(config.seed)
+        if model is None:
+            overrides = preset_overrides(config.model, config.preset)
+            overrides.update(dict(parse_override(item) for item in config.model_config))
+            # From scratch, dropout defaults to 0 (as nanoGPT and LitGPT pretrain): on short runs it
+            # only slows learning, and its random masks cost ~10% of a small model's CPU step.
+            model = family.build_from_scratch(
+                config.model,
+                tokenizer=tokenizer,
+                block_size=self.block_size,
+                overrides=overrides,
+                dropout=config.dropout if config.dropout is not None else 0.0,
+                options=self.options,
+            )
+        elif config.dropout is not None:
+            from lmctl.families.base import dropout_settings
+
+            for module in model.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = config.dropout
+            for key, value in dropout_settings(model.config, config.dropout).items():
+                setattr(model.config, key, value)
+        check_tokenizer_matches(tokenizer, model)
+        family.check_block_size(self.block_size, model)
+        self.n_params = count_parameters(model)
+        return model
+
+    def _setup_precision(self, model: Any) -> None:
+        """fp32/bf16/fp16: asked for, kept from the checkpoint, remembered, measured, or by rule."""
+        from lmctl.core.precision import (
+            decision_key,
+            measure_faster_precision,
+            remember_precision,
+            remembered_precision,
+            resolve_precision,
+            should_measure,
+        )
+
+        config, state = self.config, self.state
+        requested = config.precision
+        launcher_choice = os.environ.get("ACCELERATE_MIXED_PRECISION")  # accelerate launch --mixed_precision / config
+        if requested == "auto" and launcher_choice in ("no", "bf16", "fp16"):
+            requested = {"no": "fp32"}.get(launcher_choice, launcher_choice)
+        self.precision_timings: dict[str, float] = {}
+        self.precision_source = "requested" if requested != "auto" else "rule"
+        saved_precision = self._saved_precision(config)
+        if saved_precision and requested == "auto":
+            self.precision = saved_precision  # a resumed run keeps the precision it started with
+            self.precision_source = "checkpoint"
+        elif should_measure(requested, state.device, self.n_params):
+            shape = {
+                "family": self.family.name, "model_type": getattr(model.config, "model_type", "?"),
+                "parameters": self.n_params, "layers": getattr(model.config, "num_hidden_layers", None),
+                "vocab": getattr(model.config, "vocab_size", None), "block": self.block_size, "batch": config.batch_size,
+            }  # fmt: skip
+            key = decision_key(shape)
+            remembered = remembered_precision(key)
+            if remembered:
+                self.precision, self.precision_timings = remembered["precision"], remembered.get("timings_s", {})
+                self.precision_source = "remembered"
+            else:
+                self.precision, self.precision_timings = measure_faster_precision(
+                    lambda precision: self._probe_step(model, self.tokenizer, self.block_size, precision)
+                )
+                if state.is_main_process:  # the others follow its choice (broadcast below)
+                    remember_precision(key, self.precision, self.precision_timings)
+                self.precision_source = "measured"
+        else:
+            self.precision = resolve_precision(requested, state.device, self.n_params)
+        if state.num_processes > 1:  # every process must train in the main process's precision
+            from accelerate.utils import broadcast_object_list
+
+            choice = [self.precision]
+            broadcast_object_list(choice)
+            self.precision = choice[0]
+
+    def _setup_accelerator(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
+
+        self.report_to = [r for r in self.config.report_to if r and r != "none"]
+        mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[self.precision]
+        # AcceleratorState is a process-wide singleton that refuses a second, different
+        # mixed_precision: forget the previous run's settings (the process layout is kept), so
+        # train() can run again in the same process (notebooks, tests) with another precision.
+        AcceleratorState._reset_state()
+        self.accelerator = Accelerator(
+            cpu=self.use_cpu,
+            mixed_precision=mixed,
+            log_with=self.report_to or None,
+            project_dir=str(self.out) if self.report_to else None,
+        )
+        self.world = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
+        self.is_main = self.accelerator.is_main_process
+
+    def _setup_schedule(self) -> None:
+        """Data order, batch sizes, steps, learning rate and the eval/save intervals."""
+        config, tokenizer = self.config, self.tokenizer
+        train_split = self.data.split("train")
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.train_source = BatchSource(
+            train_split, self.block_size, pad_id, seed=config.seed, lookahead=self.family.block_lookahead
+        )
+        if len(self.train_source) == 0:
+            raise UsageError(
+                f"the training data has {train_split.num_tokens} tokens, less than one block of {self.block_size}: "
+                "use more data or a smaller --block-size"
+            )
+        self.val_split = self.data.split("validation") if self.data.has_split("validation") else None
+        self.order = ExampleOrder(len(self.train_source), config.seed)
+
+        self.micro_batch = config.batch_size
+        self.grad_accum = config.grad_accum
+        self.global_batch = self.micro_batch * self.grad_accum * self.world
+        steps_per_epoch = len(self.train_source) / self.global_batch
+        if config.max_steps:
+            self.total_steps = config.max_steps
+        else:
+            self.total_steps = max(1, math.ceil((config.epochs or 1.0) * steps_per_epoch))
+        self.lr = config.lr if config.lr is not None else (1e-3 if config.from_scratch else 5e-5)
+        self.min_lr = config.min_lr if config.min_lr is not None else self.lr / 10
+        self.warmup = config.warmup_steps if config.warmup_steps is not None else min(100, self.total_steps // 10)
+        self.eval_every = config.eval_every if config.eval_every is not None else max(1, self.total_steps // 10)
+        if self.val_split is None:
+            self.eval_every = 0
+        self.save_every = config.save_every if config.save_every is not None else self.eval_every
+
+    def _setup_optimizer(self, model: Any) -> None:
+        import torch
+
+        self.model = model
+        self.optimizer = make_optimizer(model, self.config, self.lr, self.accelerator.device)
+        self.collate = self.family.make_collator(self.tokenizer, self.options)
+        self.collate_generator = torch.Generator().manual_seed(self.config.seed)
+
+    def _setup_resume(self) -> None:
+        """Continue from a checkpoint (same settings), or refuse to mix runs in one directory."""
+        self.start_step = 0
+        self.fingerprint = self._fingerprint()
+        if self.config.resume:
+            self._resume(self.config.resume)
+        elif self.is_main and ckpt.list_checkpoints(self.out):
+            raise UsageError(
+                f"{self.out} already has checkpoints from an earlier run: pass --resume auto to continue it, "
+                "or choose another --out"
+            )
+
+    def _prepare_for_training(self) -> None:
+        import torch
+
+        if self.config.compile:
+            self.model = torch.compile(self.model)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.model.train()
+        if self.report_to:
+            settings = {k: v for k, v in self.config.to_dict().items() if isinstance(v, (int, float, str, bool))}
+            self.accelerator.init_trackers("lmctl", config=settings)
+
+    def _saved_precision(self, config: TrainConfig) -> str | None:
+        """The precision a checkpoint being resumed was trained in (None when not resuming)."""
+        if not config.resume:
+            return None
+        try:
+            path = ckpt.find_resume_checkpoint(self.out, config.resume)
+        except UsageError:
+            return None  # reported properly when resuming
+        return ckpt.read_state(path).get("precision")
+
+    def _probe_step(self, model: Any, tokenizer: Any, block_size: int, precision: str) -> float:
+        """Seconds for one forward/backward pass on the first training examples (for --precision auto).
+
+        Uses its own generator and restores torch's RNG, so measuring changes nothing that follows.
+        """
+        import torch
+
+        from lmctl.core.precision import autocast_context
+
+        rng = torch.get_rng_state()
+        try:
+            source = BatchSource(
+                self.data.split("train"), block_size, tokenizer.pad_token_id or 0, lookahead=self.family.block_lookahead
+            )
+            count = min(self.config.batch_size, len(source))
+            input_ids, mask = source.batch(np.arange(count))  # first-epoch blocks
+            batch = self.family.make_collator(tokenizer, self.options)(input_ids, mask, torch.Generator().manual_seed(0))
+            model.train()
+            start = time.perf_counter()
+            with autocast_context(precision, torch.device("cpu")):
+                out = self.family.compute_loss(model, batch, self.options)
+            out.loss.backward()
+            elapsed = time.perf_counter() - start
+            model.zero_grad(set_to_none=True)
+            return elapsed
+        finally:
+            torch.set_rng_state(rng)
+
+    def _fingerprint(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "model": c.model, "family": self.family.name, "from_scratch": c.from_scratch,
+            "model_config": list(c.model_config), "preset": c.preset, "block_size": self.block_size,
+            "global_batch": self.global_batch, "seed": c.seed, "data_hash": prepared_data_hash(self.data),
+            "schedule": c.schedule, "lr": self.lr, "min_lr": self.min_lr, "warmup_steps": self.warmup,
+            "total_steps": self.total_steps, "weight_decay": c.weight_decay, "beta1": c.beta1, "beta2": c.beta2,
+            "line_by_line": c.line_by_line, "family_options": self.options.training_values(),
+            "dropout": c.dropout,
+        }  # fmt: skip
+
+    def _resume(self, resume: str) -> None:
+        path = ckpt.find_resume_checkpoint(self.out, resume)
+        state = ckpt.read_state(path)
+        saved = state.get("fingerprint", {})
+        changed = [k for k in FINGERPRINT_KEYS if saved.get(k) != self.fingerprint.get(k)]
+        if changed:
+            details = ", ".join(f"{k}: {saved.get(k)!r} -> {self.fingerprint.get(k)!r}" for k in changed[:4])
+            raise UsageError(f"cannot resume from {path}: the run config changed ({details}); start a new --out")
+        self.family.load_weights(self.model, path)
+        ckpt.load_optimizer(self.optimizer, path)
+        ckpt.load_rng(path, self.rank, self.collate_generator)
+        self.start_step = int(state["step"])
+        self.best_eval_loss = state.get("best_eval_loss")
+        self.best_step = state.get("best_step")
+        self.evals_without_improvement = int(state.get("evals_without_improvement", 0))
+        self.resumed_from = str(path)
+
+    # ------------------------------------------------------------------ plan
+    def plan(self) -> dict[str, Any]:
+        tokens_per_step = self.global_batch * self.block_size
+        return {
+            "model": self.config.model + (" (from scratch)" if self.config.from_scratch else ""),
+            "family": self.family.name,
+            "parameters": self.n_params,
+            "device": f"{self.accelerator.device} x {self.world}",
+            "precision": self.precision,
+            "block size": self.block_size,
+            "batch": f"{self.micro_batch} x {self.grad_accum} accum x {self.world} proc = {self.global_batch} seq",
+            "tokens per step": tokens_per_step,
+            "optimizer steps": self.total_steps,
+            "tokens per epoch": len(self.train_source) * self.block_size,
+            "epochs": round(self.total_steps * self.global_batch / len(self.train_source), 3),
+            "lr": f"{self.lr:g} -> {self.min_lr:g} ({self.config.schedule}), warmup {self.warmup}",
+            "eval": f"every {self.eval_every} steps, {self.config.eval_batches} batches" if self.eval_every else "off",
+            "save": f"every {self.save_every} steps, keep {self.config.keep_last}" if self.save_every else "at the end",
+            "resume from": getattr(self, "resumed_from", None) or "-",
+        }
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> TrainResult:
+        """The loop: for each optimizer step, set the lr, accumulate micro-batches, check, step;
+        then log, evaluate, checkpoint and stop as the intervals say."""
+        config = self.config
+        started = time.perf_counter()
+        self._start_outputs()
+        meter = IntervalMeter(self, started)
+        step = self.start_step
+        result = TrainResult(out=self.out, steps=step, total_steps=self.total_steps)
+        previous_handlers = install_signal_handlers(self)
+        try:
+            while step < self.total_steps:
+                lr = learning_rate(
+                    step, lr=self.lr, min_lr=self.min_lr, warmup=self.warmup, total=self.total_steps, schedule=config.schedule
+                )
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                step_loss, grad_norm, step_extra = self._train_step(step)
+                if not self._finite(step_loss, grad_norm):  # the one per-step host sync
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self._on_nan(step)
+                    step += 1
+                    continue
+                self.nan_in_a_row = 0
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                step += 1
+                self.display.progress(step)
+                meter.add(step, step_loss, step_extra)
+                if step % config.log_every == 0 or step == self.total_steps:
+                    self._log(meter.event(step, lr, grad_norm))
+                self._between_steps(step)
+        except StopTraining as stop:
+            result.interrupted = stop.reason
+            if stop.reason != "nan":
+                self.save_checkpoint(step)
+        finally:
+            restore_signal_handlers(previous_handlers)
+        return self._finish(result, step, meter, started)
+
+    def _start_outputs(self) -> None:
+        """run.json (status running), the display, callbacks and metrics.jsonl."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            ckpt.clean_temporary(self.out)
+            write_json_atomic(self.out / "run.json", self._run_record(status="running"))
+        self.display = (
+            self.display_factory(self.is_main) if self.display_factory and not self.quiet else SilentDisplay()
+        )
+        self.callbacks = _callbacks() if self.is_main else []
+        plan = self.plan()
+        self.display.start(plan)
+        self._callback("on_train_begin", plan)
+        self.metrics_file = None
+        if self.is_main:
+            from lmctl.workflows.runs import open_metrics_log
+
+            self.metrics_file = open_metrics_log(self.out, self.start_step)
+
+    @staticmethod
+    def _finite(step_loss: Any, grad_norm: Any) -> bool:
+        """Never let a NaN/inf step reach the weights."""
+        import torch
+
+        return bool(torch.isfinite(step_loss + grad_norm))
+
+    def _between_steps(self, step: int) -> None:
+        """Evaluate, checkpoint, stop early or on a signal, as the intervals say."""
+        config = self.config
+        evaluated = False
+        if self.eval_every and step % self.eval_every == 0 and step < self.total_steps:
+            self._evaluate(step, max_batches=config.eval_batches)
+            evaluated = True
+        if self.save_every and step % self.save_every == 0 and step < self.total_steps:
+            self.save_checkpoint(step)
+        if evaluated and config.early_stopping_patience and self.evals_without_improvement >= config.early_stopping_patience:
+            raise StopTraining("early-stopping")
+        if self._should_stop():
+            raise StopTraining(self.stop_signal or "signal")
+
+    def _finish(self, result: TrainResult, step: int, meter: IntervalMeter, started: float) -> TrainResult:
+        """Final evaluation and model, run.json, callbacks; close everything."""
+        result.steps = step
+        result.final_train_loss = meter.last_train_loss
+        if result.interrupted in (None, "early-stopping"):
+            if self.val_split is not None:
+                result.final_eval = self._evaluate(step, max_batches=None, final=True)
+            self.save_final(result)
+        result.tokens_per_s = meter.tokens_per_s()
+        result.wall_seconds = round(time.perf_counter() - started, 2)
+        result.best_eval_loss = self.best_eval_loss
+        result.best_checkpoint = str(ckpt.checkpoints_dir(self.out) / f"step-{self.best_step}") if self.best_step else None
+        result.metrics = self.metrics
+        if self.is_main:
+            write_json_atomic(self.out / "run.json", self._run_record(status=result.interrupted or "finished", result=result))
+        self._callback("on_train_end", {"steps": step, "interrupted": result.interrupted, "out": str(self.out)})
+        self.display.close()
+        if self.metrics_file:
+            self.metrics_file.close()
+        self.accelerator.end_training()
+        self._close_process_group()
+        return result
+
+    def _close_process_group(self) -> None:
+        """Tear the process group down in step: a gloo group left to process exit can abort
+        ("terminate called without an active exception") and fail the whole launch."""
+        import torch.distributed as dist
+
+        if self.world > 1 and dist.is_available() and dist.is_initialized():
+            self.accelerator.wait_for_everyone()
+            dist.destroy_process_group()
+
+    # ------------------------------------------------------------------ pieces
+    def _train_step(self, step: int) -> tuple[Any, Any, dict[str, Any]]:
+        """Forward/backward over the step's micro-batches and clip; on out-of-memory, halve the
+        micro-batch and double accumulation (same examples, same effective batch) and retry."""
+        import torch
+
+        while True:
+            try:
+                return self._accumulate(step)
+            except torch.OutOfMemoryError:
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.micro_batch == 1 or self.micro_batch % 2:
+                    raise LmctlError(
+                        f"out of memory at step {step + 1} with a micro-batch of {self.micro_batch}; "
+                        "lower --block-size or use a smaller model"
+                    ) from None
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self.micro_batch //= 2
+                self.grad_accum *= 2
+                self.display.message(
+                    f"out of memory at step {step + 1}: micro-batch halved to {self.micro_batch}, "
+                    f"gradient accumulation doubled to {self.grad_accum} (same effective batch)"
+                )
+                self._log({"step": step, "total_steps": self.total_steps, "oom_micro_batch": self.micro_batch})
+
+    def _accumulate(self, step: int) -> tuple[Any, Any, dict[str, Any]]:
+        import torch
+
+        acc = self.accelerator
+        step_loss = torch.zeros((), device=acc.device)
+        extra: dict[str, Any] = {}
+        for micro in range(self.grad_accum):
+            # Position of this micro-batch in the global example order (see the module docstring).
+            start = ((step * self.grad_accum + micro) * self.world + self.rank) * self.micro_batch
+            input_ids, mask = self.train_source.batch(*self.order.indices(start, self.micro_batch))
+            batch = self.collate(input_ids, mask, self.collate_generator)
+            batch = {k: v.to(acc.device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
+            sync = contextlib.nullcontext() if micro == self.grad_accum - 1 else acc.no_sync(self.model)
+            with sync:
+                # The whole loss under autocast, not only the model's forward (which Accelerate
+                # wraps): a family's own output layer (the fused cross-entropy) runs in bf16 too.
+                with acc.autocast():
+                    out = self.family.compute_loss(self.model, batch, self.options)
+                acc.backward(out.loss / self.grad_accum)
+            step_loss += out.loss.detach() / self.grad_accum
+            for key, value in out.metrics.items():
+                extra[key] = extra.get(key, 0.0) + value.detach().float() / self.grad_accum
+        if self.config.grad_clip > 0:
+            grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        else:
+            grad_norm = torch.zeros((), device=acc.device)
+        return step_loss, grad_norm, extra
+
+    def _log(self, event: dict[str, Any]) -> None:
+        self.metrics.append(event)
+        if self.is_main:
+            assert self.metrics_file is not None
+            self.metrics_file.write(json.dumps(event) + "\n")
+            self.metrics_file.flush()
+            self.display.update(event)
+            self._callback("on_log", event)
+            scalars = {k: v for k, v in event.items() if isinstance(v, (int, float)) and k != "step"}
+            self.accelerator.log(scalars, step=event["step"])
+
+    def _evaluate(self, step: int, *, max_batches: int | None, final: bool = False) -> dict[str, Any]:
+        from lmctl.core.precision import autocast_context
+        from lmctl.workflows.evaluate import evaluate_model
+
+        model = self.accelerator.unwrap_model(self.model)
+        result = evaluate_model(
+            model,
+            self.family,
+            self.tokenizer,
+            self.val_split,
+            block_size=self.block_size,
+            batch_size=self.micro_batch,
+            max_batches=max_batches,
+            seed=self.config.seed,
+            options=self.options,
+            autocast=lambda: autocast_context(self.precision, self.accelerator.device),
+            device=self.accelerator.device,
+        )
+        loss = float(result["loss"])
+        event = {"step": step, "total_steps": self.total_steps, "eval/loss": loss, "eval/perplexity": safe_exp(loss)}
+        for key, value in result.items():
+            if key not in ("loss", "perplexity") and isinstance(value, (int, float)):
+                event[f"eval/{key}"] = value
+        if final:
+            event["final"] = True
+        elif self.best_eval_loss is None or loss < self.best_eval_loss:
+            self.best_eval_loss, self.best_step = loss, step
+            self.evals_without_improvement = 0
+        else:
+            self.evals_without_improvement += 1
+        event["best_eval_loss"] = self.best_eval_loss
+        self._log(event)
+        return result
+
+    def _on_nan(self, step: int) -> None:
+        self.nan_in_a_row += 1
+        self.nan_skipped += 1
+        if self.config.on_nan == "stop":
+            self.display.message(
+                f"non-finite loss or gradient at step {step + 1}; stopped. The last good state is saved "
+                f"(resume with --resume auto --on-nan skip, or start a new --out with a lower --lr)"
+            )
+            self.save_checkpoint(step)
+            raise StopTraining("nan")
+        self.display.message(f"non-finite loss or gradient at step {step + 1}: step skipped ({self.nan_in_a_row} in a row)")
+        if self.nan_in_a_row >= 10:
+            self.display.message("10 non-finite steps in a row: stopping (try a lower --lr)")
+            # The weights are still those of the last good step (skipped steps never reach them).
+            self.save_checkpoint(step)
+            raise StopTraining("nan")
+
+    def _should_stop(self) -> bool:
+        import torch
+
+        if self.world == 1:
+            return self.stop_signal is not None
+        flag = torch.tensor([1.0 if self.stop_signal else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def _callback(self, method: str, info: dict[str, Any]) -> None:
+        for callback in list(self.callbacks):
+            fn = getattr(callback, method, None)
+            if fn is None:
+                continue
+            try:
+                fn(dict(info))
+            except Exception as exc:  # noqa: BLE001 - a broken callback must not end training
+                self.display.message(f"warning: callback {type(callback).__name__}.{method} failed ({exc}); disabled")
+                self.callbacks.remove(callback)
+
+    def save_checkpoint(self, step: int) -> Path | None:
+        """Write ``checkpoints/step-N`` atomically (all processes take part; the main one writes)."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        tmp = ckpt.temporary_dir(self.out, step) if self.is_main else None
+        # Every process writes its own RNG state into the main process's temporary directory.
+        tmp_name = [str(tmp) if tmp else ""]
+        if self.world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(tmp_name)
+        ckpt.save_rng(Path(tmp_name[0]), self.rank, self.collate_generator)
+        acc.wait_for_everyone()
+        final = None
+        if self.is_main:
+            assert tmp is not None
+            try:
+                self._write_checkpoint(tmp, step)
+                final = ckpt.commit(tmp, self.out, step)
+            except OSError as exc:
+                # A failed save (disk full, quota, I/O error) must not touch the previous checkpoints.
+                shutil.rmtree(tmp, ignore_errors=True)
+                previous = ckpt.list_checkpoints(self.out)
+                kept = f"; {previous[-1][1]} is intact" if previous else ""
+                raise LmctlError(
+                    f"could not save the checkpoint of step {step} ({exc.strerror or exc}){kept}: "
+                    "free some disk space and resume with --resume auto"
+                ) from None
+            protect = {self.best_step} if self.best_step else set()
+            ckpt.prune(self.out, self.config.keep_last, protect)
+            self._callback("on_save", {"step": step, "path": str(final)})
+        acc.wait_for_everyone()
+        return final
+
+    def _write_checkpoint(self, tmp: Path, step: int) -> None:
+        self.family.save(self.accelerator.unwrap_model(self.model), self.tokenizer, tmp)
+        optimizer = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+        ckpt.save_optimizer(optimizer, tmp)
+        state = {
+            "step": step,
+            "samples_seen": step * self.global_batch,
+            "accumulation_phase": 0,  # checkpoints are taken between optimizer steps only
+            "world_size": self.world,
+            "best_eval_loss": self.best_eval_loss,
+            "best_step": self.best_step,
+            "evals_without_improvement": self.evals_without_improvement,
+            "fingerprint": self.fingerprint,
+            "precision": self.precision,
+            "lmctl_version": library_versions().get("lmctl"),
+        }
+        # Written last: a checkpoint counts as complete only with its trainer_state.json.
+        (tmp / ckpt.STATE_FILE).write_text(json.dumps(state, indent=2))
+
+    def save_final(self, result: TrainResult) -> None:
+        """The final model as a plain Hugging Face directory in OUT, plus the model card."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if not self.is_main:
+            return
+        tmp = self.out / f".final-tmp-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        try:
+            self.family.save(acc.unwrap_model(self.model), self.tokenizer, tmp)
+            (tmp / "README.md").write_text(model_card(self, result))
+            ckpt.fsync_tree(tmp)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise LmctlError(
+                f"could not save the final model to {self.out} ({exc.strerror or exc}); the checkpoints are intact: "
+                "free some disk space and resume with --resume auto"
+            ) from None
+        for entry in tmp.iterdir():
+            target = self.out / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+        tmp.rmdir()
+        self._write_curves()
+
+    def _write_curves(self) -> None:
+        """``OUT/curves.png`` when matplotlib is installed (optional: the `plot` extra)."""
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            return
+        from lmctl.workflows.runs import write_png
+
+        if self.metrics_file:
+            self.metrics_file.flush()
+        try:
+            write_png([self.out], self.out / "curves.png")
+        except Exception as exc:  # noqa: BLE001 - a plot must never fail a finished training run
+            self.display.message(f"warning: could not draw curves.png ({exc})")
+
+    def model_type(self) -> str:
+        return getattr(self.accelerator.unwrap_model(self.model).config, "model_type", "?")
+
+    def _run_record(self, *, status: str, result: TrainResult | None = None) -> dict[str, Any]:
+        record = {
+            "status": status,
+            "config": self.config.to_dict(),
+            "resolved": {
+                "family": self.family.name,
+                "family_options": self.options.values(),
+                "block_size": self.block_size,
+                "lr": self.lr,
+                "min_lr": self.min_lr,
+                "warmup_steps": self.warmup,
+                "total_steps": self.total_steps,
+                "eval_every": self.eval_every,
+                "save_every": self.save_every,
+                "precision": self.precision,
+                "precision_timings_s": self.precision_timings,
+                "precision_source": self.precision_source,
+                "world_size": self.world,
+                "parameters": self.n_params,
+                "data": str(self.data.path.resolve()),
+                "data_hash": prepared_data_hash(self.data),
+            },
+            "versions": library_versions(),
+        }
+        if result is not None:
+            record["result"] = {
+                k: v for k, v in dataclasses.asdict(result).items() if k not in ("metrics", "out")
+            }
+        return record
+
+
+class IntervalMeter:
+    """Training metrics between two log lines: summed on the device, read once per log event."""
+
+    def __init__(self, trainer: Trainer, started: float) -> None:
+        import torch
+
+        self.trainer = trainer
+        self.started = started
+        self.loss = torch.zeros((), device=trainer.accelerator.device)
+        self.extra: dict[str, Any] = {}
+        self.steps = 0
+        self.interval_start = time.perf_counter()
+        self.loop_start: float | None = None  # after the first step, which pays one-off costs
+        self.first_step = 0
+        self.run_tokens = 0
+        self.last_train_loss: float | None = None
+
+    def add(self, step: int, loss: Any, extra: dict[str, Any]) -> None:
+        t = self.trainer
+        for key, value in extra.items():
+            self.extra[key] = self.extra.get(key, 0.0) + value
+        self.loss += loss
+        self.steps += 1
+        self.run_tokens += t.global_batch * t.block_size
+        if self.loop_start is None:
+            self.loop_start = time.perf_counter()  # the ETA and throughput skip the first step
+            self.run_tokens = 0
+            self.first_step = step
+
+    def event(self, step: int, lr: float, grad_norm: Any) -> dict[str, Any]:
+        """The log event of the interval that ends at ``step`` (means over all processes); resets."""
+        t = self.trainer
+        acc = t.accelerator
+        self.last_train_loss = float(acc.reduce(self.loss / max(1, self.steps), reduction="mean"))
+        now = time.perf_counter()
+        elapsed = now - self.interval_start
+        event = {
+            "step": step,
+            "total_steps": t.total_steps,
+            "epoch": round(step * t.global_batch / len(t.train_source), 4),
+            "train/loss": self.last_train_loss,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "tokens_per_s": round(self.steps * t.global_batch * t.block_size / max(elapsed, 1e-9), 1),
+            "elapsed_s": round(now - self.started, 2),
+        }
+        if t.family.loss_is_nll:
+            event["train/perplexity"] = safe_exp(self.last_train_loss)
+        for key, value in self.extra.items():
+            event[f"train/{key}"] = float(acc.reduce(value / max(1, self.steps), reduction="mean"))
+        if self.loop_start is not None and step > self.first_step:
+            per_step = (now - self.loop_start) / (step - self.first_step)
+            event["eta_s"] = round(per_step * (t.total_steps - step), 1)
+        if t.nan_skipped:
+            event["nan_skipped"] = t.nan_skipped
+        self.loss.zero_()
+        self.extra = {}
+        self.steps = 0
+        self.interval_start = time.perf_counter()
+        return event
+
+    def tokens_per_s(self) -> float | None:
+        if self.loop_start is None or not self.run_tokens:
+            return None
+        return round(self.run_tokens / max(1e-9, time.perf_counter() - self.loop_start), 1)
+
+
+class SilentDisplay:
+    """What the trainer reports to: ``start(plan)``, ``update(event)``, ``progress(step)``,
+    ``message(text)``, ``close()``.  This one shows nothing (library use, other processes); the
+    CLI passes a factory of its dashboard (:func:`lmctl.cli.display.make_train_display`)."""
+
+    def start(self, plan: dict[str, Any]) -> None: ...
+    def update(self, event: dict[str, Any]) -> None: ...
+    def progress(self, step: int) -> None: ...
+    def message(self, text: str) -> None: ...
+    def close(self) -> None: ...
+
+
+DisplayFactory = Callable[[bool], Any]
+"""``factory(main_process) -> display``: the CLI's dashboard for the main process."""
+
+
+def _callbacks() -> list[Any]:
+    from lmctl.plugins.registry import get_registry
+
+    return list(get_registry().callbacks)
+
+
+# --- entry point ----------------------------------------------------------------------------------
+
+
+def train(
+    config: TrainConfig, *, quiet: bool = False, display: DisplayFactory | None = None, prepare_progress: Any = None
+) -> TrainResult:
+    """Train a model as ``config`` says and return what happened.  See the module docstring.
+
+    ``display(main_process)`` makes what progress is reported to (see :class:`SilentDisplay`);
+    without it, or with ``quiet``, nothing is shown (metrics.jsonl is written all the same).
+    ``prepare_progress`` receives the progress of preparing raw files (see
+    :class:`lmctl.workflows.prepare.SilentProgress`)."""
+    from lmctl.core.hub import apply_offline
+
+    config.validate()
+    apply_offline(config.offline)
+    check_inputs(config)
+    if config.num_processes > 1 and "LOCAL_RANK" not in os.environ and "RANK" not in os.environ:
+        return launch_processes(config)
+    trainer = Trainer(config, quiet=quiet, display=display, prepare_progress=None if quiet else prepare_progress)
+    trainer.setup()
+    return trainer.run()
+
+
+def check_inputs(config: TrainConfig) -> None:
+    """A missing or empty data file is reported before any model is downloaded or built."""
+    from lmctl.core.prepared import PreparedData
+    from lmctl.workflows.prepare import resolve_inputs
+
+    if len(config.train) == 1 and PreparedData.is_prepared(config.train[0]):
+        return
+    resolve_inputs([item for item in config.train if not PreparedData.is_prepared(item)])
+    if config.validation:
+        resolve_inputs(list(config.validation), role="--validation")
+
+
