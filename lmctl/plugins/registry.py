@@ -382,6 +382,14 @@ def register_plugin(plugin: Any, name: str | None = None) -> None:
 # --- family lookup --------------------------------------------------------------------------------
 
 
+DEFAULT_FAMILY = "causal"
+"""The family used when neither ``--family`` nor a model says which (prepare with a tokenizer trainer)."""
+
+
+def default_family() -> Any:
+    return get_family(DEFAULT_FAMILY)
+
+
 def get_family(name: str) -> Any:
     """A family by name or alias; a clear usage error listing the choices otherwise."""
     registry = get_registry()

@@ -816,7 +816,7 @@ class PrepareRun:
     """One prepare run: resolved options, plans per split, and the work."""
 
     def __init__(self, config: PrepareConfig) -> None:
-        from lmctl.plugins.registry import family_for_config, get_family
+        from lmctl.plugins.registry import default_family, family_for_config, get_family
 
         self.config = config
         _check_options(config)
@@ -829,7 +829,7 @@ class PrepareRun:
         elif self.source is not None and self.source.model_config is not None:
             self.family = family_for_config(self.source.model_config)
         else:
-            self.family = get_family("causal")
+            self.family = default_family()
         if self.source is None:
             self.source = _resolve_tokenizer(self.family.tokenizer_kind, trainers)
         model = None
