@@ -18,8 +18,8 @@ torch and transformers are imported inside the functions: ``lmctl --help`` must 
 from __future__ import annotations
 
 import os
-import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -40,9 +40,9 @@ _DECODE_CONTEXT_TOKENS = 8
 Warn = Callable[[str], None]
 
 
-def _stderr_warning(message: str) -> None:
-    sys.stderr.write(f"warning: {message}\n")
-    sys.stderr.flush()
+def _library_warning(message: str) -> None:
+    """Library callers get Python warnings; the CLI passes ``warn`` and prints its own lines."""
+    warnings.warn(message, UserWarning, stacklevel=3)
 
 
 # --- settings and results -------------------------------------------------------------------------
@@ -614,7 +614,7 @@ def generate_text(
     on_text: Callable[[str], None] | None = None,
     on_result: Callable[[GenerationResult], None] | None = None,
     padding: bool | None = None,
-    warn: Warn = _stderr_warning,
+    warn: Warn = _library_warning,
 ) -> list[GenerationResult]:
     """Continue each prompt; ``settings.num_return_sequences`` results per prompt, prompt by prompt.
 
@@ -752,7 +752,7 @@ def fill_mask(
     model_name: str = "",
     batch_size: int = DEFAULT_BATCH_SIZE,
     truncate: bool = True,
-    warn: Warn = _stderr_warning,
+    warn: Warn = _library_warning,
 ) -> list[FillMaskResult]:
     """The ``top_k`` most likely tokens, with probabilities, for every mask in every prompt."""
     import torch
@@ -835,7 +835,7 @@ def run_prompts(
     *,
     on_text: Callable[[str], None] | None = None,
     on_result: Callable[[Result], None] | None = None,
-    warn: Warn = _stderr_warning,
+    warn: Warn = _library_warning,
 ) -> list[Result]:
     """Generate or fill masks for ``prompts`` with one loaded model, according to its kind."""
     if loaded.kind == "fill-mask":
@@ -936,7 +936,7 @@ def generate(
     on_text: Callable[[str], None] | None = None,
     on_result: Callable[[Result], None] | None = None,
     on_model_done: Callable[[ModelRun], None] | None = None,
-    warn: Warn = _stderr_warning,
+    warn: Warn = _library_warning,
 ) -> list[Result]:
     """Run every model on the same prompts with the same settings; results model by model.
 
