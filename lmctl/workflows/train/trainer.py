@@ -609,6 +609,14 @@ class Trainer:
                 )
                 self._log({"step": step, "total_steps": self.total_steps, "oom_micro_batch": self.micro_batch})
 
+    def _to_device(self, value: Any) -> Any:
+        """A batch entry on the training device (tensors through pinned memory on a GPU)."""
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            return host_to_device(value, self.accelerator.device)
+        return value.to(self.accelerator.device, non_blocking=True) if hasattr(value, "to") else value
+
     def _accumulate(self, step: int) -> tuple[Any, Any, dict[str, Any]]:
         import torch
 
@@ -620,7 +628,7 @@ class Trainer:
             start = ((step * self.grad_accum + micro) * self.world + self.rank) * self.micro_batch
             input_ids, mask = self.train_source.batch(*self.order.indices(start, self.micro_batch))
             batch = self.collate(input_ids, mask, self.collate_generator)
-            batch = {k: host_to_device(v, acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            batch = {k: self._to_device(v) for k, v in batch.items()}
             sync = contextlib.nullcontext() if micro == self.grad_accum - 1 else acc.no_sync(self.model)
             with sync:
                 # The whole loss under autocast, not only the model's forward (which Accelerate
