@@ -43,9 +43,10 @@ next one still runs):
    summary of one lmctl training step.
 
 Results: ``OUT/results.json``, ``OUT/results.md`` (the tables) and ``OUT/gpu.md`` (the section of
-docs/benchmarks.md); ``--update-docs`` also writes it to benchmarks/results/gpu.md and reassembles
-docs/benchmarks.md.  OUT holds at most 6 files (the device tool brings back 8); the work files
-(prepared data, runs) go to ``--work`` (a temporary folder by default).
+docs/benchmarks.md: copy it to benchmarks/results/gpu.md and run ``benchmarks/run.py --assemble``;
+``--update-docs`` does both where the working tree is kept), ``OUT/gpu-tests.xml``, ``OUT/log.txt``
+and ``OUT/profile.txt``: at most 6 files (the device tool brings back 8); the work files (prepared
+data, runs) go to ``--work`` (a temporary folder by default).
 
 Preparing a GPU run (here, before the call; ``.gpu/`` is ignored by git and named in ``carry``)::
 
@@ -252,7 +253,7 @@ class Bench:
         xml = self.out / "gpu-tests.xml"
         cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}"]
         self.say("$ " + " ".join(cmd))
-        done = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=self.args.timeout)
+        done = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=self.args.tests_timeout)
         self.log.write(done.stdout[-8000:] + done.stderr[-2000:] + "\n")
         counts = {"passed": 0, "failed": 0, "skipped": 0, "exit_code": done.returncode, "failures": []}
         if xml.is_file():
@@ -622,6 +623,7 @@ class Bench:
         table = prof.key_averages().table(sort_by=key, row_limit=20)
         (self.out / "profile.txt").write_text(table, encoding="utf-8")
         self.results["profile"] = "profile.txt"
+        self.results["profile_top"] = table.splitlines()[:14]  # the header and the 10 costliest ops
         return table
 
     # -------------------------------------------------------------- the whole run
@@ -773,6 +775,9 @@ def markdown(results: dict) -> str:
         for c in results["checks"]:
             met = {True: "yes", False: "**no**", None: "-"}[c["met"]]
             lines.append(f"| {c['check']} | {c['measured']} | {c['target']} | {met} |")
+    if results.get("profile_top"):
+        lines += ["", "Where one lmctl training step's time goes (torch profiler, `profile.txt` in the output folder):",
+                  "", "```text", *results["profile_top"], "```"]  # fmt: skip
     if results.get("errors"):
         lines += ["", "Errors: " + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in results["errors"].items())]
     lines += ["", "Phase wall times (s): " + ", ".join(f"{k} {v}" for k, v in results["phases"].items()), ""]
@@ -793,7 +798,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-tests", action="store_true", help="do not run the gpu-marked tests")
     p.add_argument("--profile", action="store_true", help="always write a profiler summary of one lmctl step")
     p.add_argument("--update-docs", action="store_true", help="write benchmarks/results/gpu.md and reassemble docs/benchmarks.md")
-    p.add_argument("--timeout", type=float, default=600, help="seconds allowed to each subprocess")
+    p.add_argument("--timeout", type=float, default=300, help="seconds allowed to each training subprocess")
+    p.add_argument("--tests-timeout", type=float, default=240, help="seconds allowed to the gpu tests")
     args = p.parse_args(argv)
     if args.tiny:
         # --tiny runs on the CPU, also on a GPU machine; tiny models run fastest on one thread, and

@@ -127,7 +127,7 @@ def test_auto_precision_on_cuda_is_bf16_where_supported(causal_data, tmp_path):
 def test_fp16_gradient_overflow_lowers_the_loss_scale_instead_of_stopping(causal_data, tmp_path, monkeypatch):
     """A loss scale of 2^40 overflows fp16 gradients for the first ~24 steps: the scaler must skip
     those updates and halve its scale each time; lmctl's NaN guard must not stop the run."""
-    from lmctl.workflows.train.trainer import train
+    from lmctl.workflows.train.trainer import Trainer
 
     original = torch.amp.GradScaler.__init__
 
@@ -136,12 +136,15 @@ def test_fp16_gradient_overflow_lowers_the_loss_scale_instead_of_stopping(causal
         original(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.amp.GradScaler, "__init__", huge_scale)
-    result = train(tiny_config(causal_data, tmp_path / "run", "causal", precision="fp16", max_steps=40), quiet=True)
-    assert result.interrupted is None and result.steps == 40
-    losses = losses_by_step(result.metrics)
+    trainer = Trainer(tiny_config(causal_data, tmp_path / "run", "causal", precision="fp16", max_steps=60), quiet=True)
+    trainer.setup()
+    result = trainer.run()
+    assert result.interrupted is None and result.steps == 60
     assert not any("nan_skipped" in m for m in result.metrics)
-    # The first steps changed nothing (skipped by the scaler); the last ones learned.
-    assert losses[40] < losses[1] - 0.1, losses
+    assert trainer.accelerator.scaler.get_scale() < 2.0**30  # lowered at each overflow
+    # The first steps changed nothing (skipped by the scaler); the later ones learned.
+    losses = losses_by_step(result.metrics)
+    assert losses[60] < losses[1] - 0.1, losses
 
 
 # --- the fused output layer's loss against F.cross_entropy on CUDA -------------------------------
@@ -198,7 +201,13 @@ def test_eval_on_cuda_matches_cpu(tiny_model_dir, causal_data, tmp_path):
 def test_generate_on_cuda_matches_model_generate(tiny_model_dir):
     """Greedy: lmctl's ids are model.generate's, same weights, dtype and device; sampling is
     reproducible with a seed."""
-    from lmctl.workflows.generate import GenerationSettings, generate_text, load_model
+    from lmctl.workflows.generate import (
+        GenerationSettings,
+        continuation_text,
+        encode_prompt,
+        generate_text,
+        load_model,
+    )
 
     loaded = load_model(str(tiny_model_dir("causal")), device="cuda", precision="auto")
     model, tok = loaded.model, loaded.tokenizer
@@ -206,12 +215,15 @@ def test_generate_on_cuda_matches_model_generate(tiny_model_dir):
     prompt = "The return statement"
     greedy = GenerationSettings(max_new_tokens=20, min_new_tokens=20, greedy=True, batch_size=1)
     ours = generate_text(model, tok, [prompt], greedy)[0]
-    enc = tok([prompt], return_tensors="pt", add_special_tokens=False).to("cuda")
+    bos = model.generation_config.bos_token_id
+    ids = encode_prompt(tok, prompt, bos_id=bos if isinstance(bos, int) else None)
+    input_ids = torch.tensor([ids], device="cuda")
     with torch.inference_mode():
-        ids = model.generate(**enc, do_sample=False, max_new_tokens=20, min_new_tokens=20,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
-    direct = tok.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    assert ours.tokens == 20 and ours.text.strip() == direct.strip()
+        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
+                             max_new_tokens=20, min_new_tokens=20, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id)  # fmt: skip
+    direct = continuation_text(tok, ids, out[0, len(ids) :].tolist())
+    assert ours.tokens == 20 and ours.text == direct
     sampled = GenerationSettings(max_new_tokens=20, temperature=0.8, top_k=50, seed=3, batch_size=2)
     first = [r.text for r in generate_text(model, tok, [prompt, "A class"], sampled)]
     second = [r.text for r in generate_text(model, tok, [prompt, "A class"], sampled)]
