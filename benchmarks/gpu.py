@@ -62,6 +62,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import pickle
 import platform
@@ -483,10 +484,15 @@ class Bench:
         model = family.load_for_inference(model_dir).to(device)
         model.eval()
         data = PreparedData(self.prepared)
-        split = data.split("validation")
+        # The first blocks of the training split: enough work per run to time (the validation split
+        # of a small corpus is a handful of batches on a GPU); both sides score the same blocks.
+        split = data.split("train")
         tokenizer = data.load_tokenizer()
-        tokens = torch.from_numpy(split.tokens[: (split.num_tokens - 1) // s.block * s.block + 1].astype("int64"))
         batch = s.batch
+        max_batches = 40 if not self.args.tiny else 10
+        n_blocks = min((split.num_tokens - 1) // s.block, max_batches * batch)
+        max_batches = math.ceil(n_blocks / batch)
+        tokens = torch.from_numpy(split.tokens[: n_blocks * s.block + 1].astype("int64"))
 
         def sync() -> None:
             if device.type == "cuda":
@@ -496,7 +502,9 @@ class Bench:
             sync()
             began = time.perf_counter()
             result = evaluate_model(model, family, tokenizer, split, block_size=s.block, batch_size=batch,
-                                    autocast=lambda: autocast_context(self.precision, device), device=device)  # fmt: skip
+                                    max_batches=max_batches, autocast=lambda: autocast_context(self.precision, device),
+                                    device=device)  # fmt: skip
+            assert result["tokens"] >= n_blocks * (s.block - 1), result["tokens"]
             sync()
             self._eval_loss = result["loss"]
             return time.perf_counter() - began
@@ -506,7 +514,7 @@ class Bench:
             sync()
             began = time.perf_counter()
             total, count = torch.zeros((), dtype=torch.float64, device=device), 0
-            n = (len(tokens) - 1) // s.block
+            n = n_blocks
             with torch.no_grad(), (autocast_context(self.precision, device) if weights_dtype is None else _null()):
                 for start in range(0, n, batch):
                     rows = torch.stack([tokens[i * s.block : (i + 1) * s.block + 1] for i in range(start, min(n, start + batch))])
@@ -528,7 +536,7 @@ class Bench:
             cases["direct_bf16_weights"] = lambda: direct_eval(torch.bfloat16)
         eval_times = self._interleaved(cases, runs)
         eval_info = {
-            "blocks": (len(tokens) - 1) // s.block, "block": s.block, "batch": batch,
+            "blocks": n_blocks, "block": s.block, "batch": batch,
             "median_s": {k: round(statistics.median(v), 4) for k, v in eval_times.items()},
             "ratio": round(statistics.median(eval_times["direct"]) / statistics.median(eval_times["lmctl"]), 3),
             "loss_lmctl": round(float(self._eval_loss), 5), "loss_direct": round(self._direct_loss, 5),
