@@ -6,6 +6,9 @@
     python benchmarks/run.py --assemble      # only rebuild docs/benchmarks.md from benchmarks/results/
     python benchmarks/run.py --nanogpt DIR   # also run nanoGPT's train.py (a prepared checkout) side by side
 
+The GPU section comes from `python benchmarks/gpu.py --update-docs` on a GPU machine (see that
+script); `--assemble` keeps whatever benchmarks/results/gpu.md holds.
+
 Each script writes its section to benchmarks/results/<area>.md; run them on a quiet machine
 (the figures are ratios measured side by side, but a loaded machine still skews them).
 """
@@ -56,6 +59,13 @@ def assemble() -> Path:
     extra = HERE / "results" / "notes.md"
     if extra.is_file():
         parts.append(extra.read_text().strip() + "\n")
+    # The GPU section: its figures written by `benchmarks/gpu.py --update-docs` on a GPU (not run
+    # from here: its shapes are GPU-sized), then its hand-written notes (method, open questions).
+    for name in ("gpu.md", "gpu-notes.md"):
+        path = HERE / "results" / name
+        if path.is_file():
+            text = path.read_text().strip()
+            parts.append("\n".join(("#" + line) if line.startswith("# ") else line for line in text.splitlines()) + "\n")
     out = REPO / "docs" / "benchmarks.md"
     out.write_text("\n".join(parts))
     return out

@@ -43,3 +43,40 @@ def pick_dtype(precision: str, device: str) -> Any:
     if device.startswith("cuda") and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+def peak_memory_bytes(device: Any) -> int | None:
+    """This process's peak memory on ``device``, in bytes: the most CUDA memory torch allocated
+    (``torch.cuda.max_memory_allocated``) on a GPU, the process's peak resident set size on a CPU;
+    None where it cannot be read (MPS, or no ``resource`` module)."""
+    import sys
+
+    kind = getattr(device, "type", None) or str(device).split(":", 1)[0]
+    if kind == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated(device))
+    if kind != "cpu":
+        return None
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports kilobytes, macOS bytes.
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def host_to_device(tensor: Any, device: Any) -> Any:
+    """Copy a CPU tensor to ``device`` without making the host wait for the GPU.
+
+    A copy from pageable memory to a CUDA device is synchronous: the host waits for the copy, and
+    so for the GPU work queued before it (with gradient accumulation, the previous micro-batch's
+    backward), leaving the GPU idle while the next batch is built and launched.  From pinned (page-
+    locked) memory the copy is queued like a kernel.  Pinned buffers come from torch's caching host
+    allocator, which keeps a block until the copies reading it are done, so the temporary is safe.
+    """
+    target = getattr(device, "type", None) or str(device).split(":", 1)[0]
+    if target == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device, non_blocking=True)

@@ -100,6 +100,8 @@ def evaluate_causal(family: Any, model: Any, tokenizer: Any, split: Any, setting
     window moves ``stride`` tokens on and scores only the new ones (docs/eval.md)."""
     import torch
 
+    from lmctl.core.device import host_to_device
+
     device = settings.device
     separator = family.document_separator(tokenizer)
     specials = special_ids(tokenizer)
@@ -123,14 +125,14 @@ def evaluate_causal(family: Any, model: Any, tokenizer: Any, split: Any, setting
         ids, labels, attention = stack_windows(batch, pad)
         # Right padding sits after every real token, so causal attention never lets a real token
         # see it; the mask is passed anyway (all ones without padding: the fast path stays on).
-        kwargs = dict(extra, attention_mask=torch.from_numpy(attention).to(device, non_blocking=True))
+        kwargs = dict(extra, attention_mask=host_to_device(torch.from_numpy(attention), device))
         scored = labels != IGNORE
         first = int(scored.argmax(axis=1).min())  # earliest position that predicts something new
         if keep_kwarg and first > 0:
             kwargs["logits_to_keep"] = ids.shape[1] - first  # skip the LM head on context positions
             labels = labels[:, first:]
-        input_ids = torch.from_numpy(ids).to(device, non_blocking=True)
-        target = torch.from_numpy(np.ascontiguousarray(labels)).to(device, non_blocking=True)
+        input_ids = host_to_device(torch.from_numpy(ids), device)
+        target = host_to_device(torch.from_numpy(np.ascontiguousarray(labels)), device)
         with settings.forward_context():
             logits = model(input_ids=input_ids, **kwargs).logits
         total += sum_nll(logits, target).double()

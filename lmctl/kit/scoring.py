@@ -244,9 +244,12 @@ def collate_blocks(
 
 
 def to_device(batch: dict, device: Any) -> dict:
+    """A batch's tensors on ``device`` (pinned, asynchronous copies to a GPU)."""
     import torch
 
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    from lmctl.core.device import host_to_device
+
+    return {k: host_to_device(v, device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def model_device(model: Any) -> Any:

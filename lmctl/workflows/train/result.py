@@ -21,4 +21,6 @@ class TrainResult:
     interrupted: str | None = None  # "SIGINT" / "SIGTERM" / "nan" / "early-stopping"
     wall_seconds: float = 0.0
     tokens_per_s: float | None = None
+    peak_memory_bytes: int | None = None
+    """Peak memory of the (main) process: CUDA max allocated on a GPU, max RSS on a CPU."""
     metrics: list[dict[str, Any]] = field(default_factory=list)

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from lmctl.core import checkpoint as ckpt
+from lmctl.core.device import host_to_device, peak_memory_bytes
 from lmctl.core.files import write_json_atomic
 from lmctl.core.quiet import quiet_libraries
 from lmctl.errors import LmctlError, UsageError
@@ -116,6 +117,19 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
+
+
+def step_is_finite(step_loss: Any, grad_norm: Any, *, loss_scaled: bool = False) -> bool:
+    """Whether a step may reach the weights: its loss and gradient norm are finite (one host sync).
+
+    Under fp16 loss scaling (``loss_scaled``) only the loss is checked: gradients overflow now and
+    then by design while the scaler searches for its scale, and the scaler's own step skips those
+    updates and lowers the scale.  Treating them as NaN steps would stop fp16 training at its first
+    overflow, and, since the scaler would then never lower its scale, skip every step after it.
+    """
+    import torch
+
+    return bool(torch.isfinite(step_loss if loss_scaled else step_loss + grad_norm))
 
 
 # --- the trainer ----------------------------------------------------------------------------------
@@ -479,7 +493,9 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 step_loss, grad_norm, step_extra = self._train_step(step)
-                if not self._finite(step_loss, grad_norm):  # the one per-step host sync
+                # The one per-step host sync.  With fp16's loss scaling, an infinite gradient is
+                # the scaler's business: optimizer.step() skips that update and lowers the scale.
+                if not step_is_finite(step_loss, grad_norm, loss_scaled=self.precision == "fp16"):
                     self.optimizer.zero_grad(set_to_none=True)
                     self._on_nan(step)
                     step += 1
@@ -520,13 +536,6 @@ class Trainer:
 
             self.metrics_file = open_metrics_log(self.out, self.start_step)
 
-    @staticmethod
-    def _finite(step_loss: Any, grad_norm: Any) -> bool:
-        """Never let a NaN/inf step reach the weights."""
-        import torch
-
-        return bool(torch.isfinite(step_loss + grad_norm))
-
     def _between_steps(self, step: int) -> None:
         """Evaluate, checkpoint, stop early or on a signal, as the intervals say."""
         config = self.config
@@ -550,6 +559,7 @@ class Trainer:
                 result.final_eval = self._evaluate(step, max_batches=None, final=True)
             self.save_final(result)
         result.tokens_per_s = meter.tokens_per_s()
+        result.peak_memory_bytes = peak_memory_bytes(self.accelerator.device)
         result.wall_seconds = round(time.perf_counter() - started, 2)
         result.best_eval_loss = self.best_eval_loss
         result.best_checkpoint = str(ckpt.checkpoints_dir(self.out) / f"step-{self.best_step}") if self.best_step else None
@@ -599,6 +609,14 @@ class Trainer:
                 )
                 self._log({"step": step, "total_steps": self.total_steps, "oom_micro_batch": self.micro_batch})
 
+    def _to_device(self, value: Any) -> Any:
+        """A batch entry on the training device (tensors through pinned memory on a GPU)."""
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            return host_to_device(value, self.accelerator.device)
+        return value.to(self.accelerator.device, non_blocking=True) if hasattr(value, "to") else value
+
     def _accumulate(self, step: int) -> tuple[Any, Any, dict[str, Any]]:
         import torch
 
@@ -610,7 +628,7 @@ class Trainer:
             start = ((step * self.grad_accum + micro) * self.world + self.rank) * self.micro_batch
             input_ids, mask = self.train_source.batch(*self.order.indices(start, self.micro_batch))
             batch = self.collate(input_ids, mask, self.collate_generator)
-            batch = {k: v.to(acc.device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
+            batch = {k: self._to_device(v) for k, v in batch.items()}
             sync = contextlib.nullcontext() if micro == self.grad_accum - 1 else acc.no_sync(self.model)
             with sync:
                 # The whole loss under autocast, not only the model's forward (which Accelerate
