@@ -15,7 +15,7 @@ import json
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -23,11 +23,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from lmctl.core.hub import read_config_json as read_config_json  # documented here for plugins
 from lmctl.errors import UsageError
 from lmctl.kit.masking import mask_tokens as mask_tokens  # documented here for plugins
+from lmctl.kit.positions import POSITION_KEYS, ROBERTA_LIKE
+from lmctl.kit.positions import max_positions as max_positions
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from lmctl.core.prepared import PreparedSplit
+    from lmctl.kit.generation import GenerationSettings
     from lmctl.kit.scoring import EvalSettings
 
 
@@ -187,24 +190,6 @@ def parse_override(item: str) -> tuple[str, Any]:
         lowered = raw.strip().lower()
         value = {"true": True, "false": False, "none": None, "null": None}.get(lowered, raw)
     return key, value
-
-
-ROBERTA_LIKE = frozenset({"roberta", "camembert", "xlm-roberta", "longformer"})
-
-# Attributes holding position-embedding sizes, in the order transformers' configs use them.
-POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_seq_length")
-
-
-def max_positions(config: Any) -> int | None:
-    """The longest sequence a model config accepts, or None when it has no absolute limit."""
-    for key in POSITION_KEYS:
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            # RoBERTa-style models reserve padding_idx + 1 positions.
-            if getattr(config, "model_type", "") in ROBERTA_LIKE:
-                value -= (getattr(config, "pad_token_id", 1) or 1) + 1
-            return value
-    return None
 
 
 def dropout_settings(config: Any, dropout: float) -> dict[str, float]:
@@ -415,6 +400,66 @@ class Family(ABC):
         from lmctl.kit.scoring import evaluate_with_loss
 
         return evaluate_with_loss(self, model, tokenizer, split, settings)
+
+    # --- generation ------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        model: Any,
+        tokenizer: Any,
+        prompts: Sequence[str],
+        settings: GenerationSettings,
+        *,
+        model_name: str = "",
+        on_text: Callable[[str], None] | None = None,
+        on_result: Callable[[Any], None] | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> list[Any]:
+        """What ``lmctl generate`` does with this family's model (loaded by :meth:`load_for_inference`,
+        on its device, in eval mode): one result per prompt and sequence, in prompt order.
+
+        Return :class:`lmctl.kit.generation.GenerationResult` objects when :attr:`generate_kind` is
+        ``"text"`` and :class:`lmctl.kit.generation.FillMaskResult` objects for ``"fill-mask"``; call
+        ``on_result(result)`` for each as soon as it is ready (in order), ``on_text(delta)`` with
+        text as it is produced (only passed for one prompt and one sequence; optional to honour) and
+        ``warn(line)`` for one-line warnings.  ``settings`` is a
+        :class:`lmctl.kit.generation.GenerationSettings` (``None`` fields: the model's
+        ``generation_config.json`` value, else lmctl's default); with ``settings.seed`` the same call
+        must give the same results.  The default samples continuations with ``model.generate``
+        (:func:`lmctl.kit.generation.generate_text`, left-padded batches when
+        :attr:`generate_with_padding`) or fills masks (:func:`lmctl.kit.generation.fill_mask`).
+        Override it when the objective changes what a prompt means, e.g. a prefix LM that reads the
+        prompt bidirectionally.
+        """
+        from lmctl.kit.generation import DEFAULT_FILL_MASK_TOP_K, _stderr_warning, fill_mask, generate_text
+
+        warn = warn or _stderr_warning
+        if self.generate_kind == "fill-mask":
+            results = fill_mask(
+                model,
+                tokenizer,
+                prompts,
+                settings.top_k or DEFAULT_FILL_MASK_TOP_K,
+                model_name=model_name,
+                batch_size=settings.batch_size,
+                truncate=settings.truncate,
+                warn=warn,
+            )
+            for result in results:
+                if on_result is not None:
+                    on_result(result)
+            return list(results)
+        return generate_text(
+            model,
+            tokenizer,
+            prompts,
+            settings,
+            model_name=model_name,
+            on_text=on_text,
+            on_result=on_result,
+            padding=self.generate_with_padding,
+            warn=warn,
+        )
 
     # --- saving ----------------------------------------------------------------------------------
 

@@ -333,8 +333,12 @@ def _callbacks_of(registry: Registry, info: PluginInfo) -> list[Any]:
     if impl is None:
         return []
     collected: list[Any] = []
+
+    def register(callback: Any, name: str | None = None) -> None:
+        collected.append(callback)
+
     try:
-        impl.function(**{name: collected.append for name in impl.argnames})
+        impl.function(**{name: register for name in impl.argnames})
     except Exception:  # noqa: BLE001 - already reported when the registry was built
         return []
     return collected
@@ -351,5 +355,5 @@ def summary(info: PluginInfo) -> str:
     if info.commands:
         parts.append("commands " + ", ".join(info.commands))
     if info.callbacks:
-        parts.append(f"{info.callbacks} callback(s)")
+        parts.append("callbacks " + ", ".join(info.callbacks))
     return "ok (" + "; ".join(parts) + ")" if parts else "ok"
