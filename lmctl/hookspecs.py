@@ -115,7 +115,7 @@ def register_callbacks(register: Callable[..., None]) -> None:
     receiving a dict: ``on_train_begin(info)``, ``on_log(metrics)`` (one training log or eval
     event, the same dict written to ``metrics.jsonl``), ``on_save(info)`` (a checkpoint was
     written: ``{"step", "path", "out"}``) and ``on_train_end(info)`` (``{"steps", "interrupted",
-    "out", "model", "result"}``).  ``on_train_begin`` gets stable machine keys: ``out`` (the run
+    "out", "model", "final_eval", "final_train_loss"}``).  ``on_train_begin`` gets stable machine keys: ``out`` (the run
     directory, created), ``model`` (the ``torch.nn.Module`` being trained), ``tokenizer``,
     ``model_name``, ``family``, ``family_options``, ``block_size``, ``micro_batch``,
     ``grad_accum``, ``world_size``, ``global_batch``, ``tokens_per_step``, ``optimizer_steps``,
