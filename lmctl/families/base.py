@@ -174,8 +174,39 @@ class LossOutput:
 
 Collator = Callable[..., dict]
 """``collate(input_ids: LongTensor[B, W], attention_mask: LongTensor[B, W] | None,
-generator: torch.Generator) -> dict`` of model inputs, labels included.  ``W`` is the block size,
-plus :attr:`Family.block_lookahead` for packed rows (those come without an attention mask)."""
+generator: torch.Generator) -> dict`` of model inputs, labels included (int64 ids; a mask of
+int64 0/1).  Packed training rows come without a mask and ``W = block_size +``
+:attr:`Family.block_lookahead`; line-by-line rows and evaluation blocks come with a mask and
+``W = block_size``.  Take every random draw from ``generator``.  A collator marked with
+:func:`row_seeded` also accepts a list of generators, one per row."""
+
+
+def row_seeded(collate: Collator) -> Collator:
+    """Mark a collator whose row ``i`` draws only from ``generator[i]`` when ``generator`` is a list
+    (or that draws nothing), so evaluation collates a whole batch of blocks per call instead of
+    one block per call, with the same results: each evaluation block has its own seeded
+    generator whatever the batch size.  In training ``generator`` is one ``torch.Generator`` for
+    the batch; :func:`row_generators` gives the per-row view of either::
+
+        @row_seeded
+        def collate(input_ids, attention_mask, generator):
+            generators = row_generators(generator, len(input_ids))
+            ...
+    """
+    from lmctl.kit.scoring import ROW_SEEDED
+
+    setattr(collate, ROW_SEEDED, True)
+    return collate
+
+
+def row_generators(generator: Any, rows: int) -> list[Any]:
+    """One generator per row: the list a :func:`row_seeded` collator got in evaluation, or the
+    batch's single generator repeated (training)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != rows:
+            raise ValueError(f"{len(generator)} generators for {rows} rows")
+        return list(generator)
+    return [generator] * rows
 
 
 def parse_override(item: str) -> tuple[str, Any]:
