@@ -152,3 +152,66 @@ def test_train_eval_generate_with_the_plugin_family(prefixlm, tmp_path):
             break
         ids.append(token)
     assert text == tokenizer.decode(ids[prompt_len:])
+
+
+def test_default_evaluate_collates_whole_batches_with_the_same_results(prefixlm, tiny_model_dir, tmp_path, monkeypatch):
+    """The loss-based default evaluation (Family.evaluate) calls a row_seeded collator once per
+    batch instead of once per block, and the numbers do not change (checked through `lmctl eval`
+    against the block-by-block path, which an unmarked collator still takes)."""
+    from lmctl.families.base import row_seeded
+
+    family = prefixlm.families["prefixlm"]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(corpus_text(6_000), encoding="utf-8")
+    make_collator = type(family).make_collator
+    calls = []
+
+    def counting(marked: bool):
+        def make(self, tokenizer, options):
+            inner = make_collator(self, tokenizer, options)
+
+            def collate(input_ids, attention_mask, generator):
+                calls.append(len(input_ids))
+                return inner(input_ids, attention_mask, generator)
+
+            return row_seeded(collate) if marked else collate
+
+        return make
+
+    def evaluate(marked: bool) -> tuple[dict, list[int]]:
+        calls.clear()
+        monkeypatch.setattr(type(family), "make_collator", counting(marked))
+        out = invoke("eval", "--model", tiny_model_dir("causal"), "--family", "prefixlm", "--data", corpus,
+                     "--block-size", "32", "--batch-size", "8", "--json")  # fmt: skip
+        assert out.exit_code == 0, out.output
+        return json.loads(out.stdout.splitlines()[-1]), list(calls)
+
+    batched, batched_calls = evaluate(marked=True)
+    per_block, block_calls = evaluate(marked=False)
+    blocks = sum(block_calls)
+    assert blocks > 8 and block_calls == [1] * blocks  # before: one call per block
+    assert len(batched_calls) == -(-blocks // 8) and sum(batched_calls) == blocks  # now: one per batch of 8
+    assert batched["loss"] == per_block["loss"] and batched["tokens"] == per_block["tokens"]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_row_seeded_random_collator_matches_block_by_block(batch_size):
+    """A collator that draws randomly per row from its own generator gives the same batch whether
+    evaluation collates block by block or a whole batch per call, at every batch size."""
+    import numpy as np
+    import torch
+
+    from lmctl.families.base import row_generators, row_seeded
+    from lmctl.kit.scoring import collate_blocks
+
+    def noisy(input_ids, attention_mask, generator):
+        draws = torch.stack([torch.rand(input_ids.shape[1], generator=g) for g in row_generators(generator, len(input_ids))])
+        keep = (draws > 0.3).long()
+        return {"input_ids": input_ids * keep, "labels": input_ids, "attention_mask": attention_mask * keep}
+
+    rows = [np.arange(1, 17, dtype=np.int64) + i for i in range(7)] + [np.arange(1, 9, dtype=np.int64)]
+    batched = [collate_blocks(row_seeded(noisy), rows[i : i + batch_size], 16, 0, seed=5, first_index=i, always_mask=True)[0]
+               for i in range(0, len(rows), batch_size)]  # fmt: skip
+    reference = collate_blocks(noisy, rows, 16, 0, seed=5, first_index=0, always_mask=True)[0]
+    for key in reference:
+        assert torch.equal(torch.cat([b[key] for b in batched]), reference[key])
