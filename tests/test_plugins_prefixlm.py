@@ -108,10 +108,10 @@ def test_mixed_formats_in_one_prepare(prefixlm, tmp_path):
 
 def test_train_eval_generate_with_the_plugin_family(prefixlm, tmp_path):
     import torch
+    from lmctl_prefixlm.family import prefix_mask
 
     from lmctl.core.hub import load_tokenizer
     from lmctl.plugins.registry import get_family
-    from lmctl_prefixlm.family import prefix_mask
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(corpus_text(20_000), encoding="utf-8")

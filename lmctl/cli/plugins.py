@@ -132,7 +132,7 @@ def install_command(
         typer.echo(f"installed plugin '{info.name}' ({info.distribution} {info.version}): {provides}")
     for problem in result.problems:
         sys.stderr.write(f"warning: {problem}\n")
-    if result.problems:
+    if result.failed:
         raise typer.Exit(1)
 
 
