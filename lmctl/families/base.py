@@ -426,7 +426,8 @@ class Family(ABC):
         byte and word perplexity), ``complete`` (False when ``settings.max_batches`` stopped early)
         and other float metrics.  Take every random choice from ``settings.seed`` so the same
         command gives the same number.  The default averages :meth:`compute_loss` over blocks,
-        token-weighted, with the collator seeded per block.
+        token-weighted, with the collator seeded per block: one call per batch for a collator
+        marked :func:`row_seeded`, one call per block otherwise (the same results either way).
         """
         from lmctl.kit.scoring import evaluate_with_loss
 

@@ -11,7 +11,8 @@ For each checked plugin:
   batch, compute the loss and its gradient, save, check that ``config.json`` resolves back to the
   family, and reload the model for inference;
 * each tokenizer trainer: train on a little text and round-trip a sentence;
-* each data reader and callback: the documented call signatures.
+* each data reader and callback: the documented call signatures; a reader claiming an extension
+  that another reader keeps is reported (by the registry, at load).
 
 Problems are one line each, naming the plugin.
 """
