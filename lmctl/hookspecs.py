@@ -87,7 +87,11 @@ def register_data_readers(register: Callable[[str, tuple[str, ...], Callable[...
 
     Call ``register(format_name, extensions, read_fn)``.  ``read_fn(path, *, text_column,
     encoding_errors, document_split)`` yields documents (``str``) from one file.  The format is
-    picked from the file extension (e.g. ``(".jsonl",)``) or from ``--format NAME``.
+    picked from the file extension (e.g. ``(".jsonl",)``), or from ``--format NAME`` (every
+    input) or ``--format .EXT=NAME`` (files ending in ``.EXT``; repeatable, so one prepare mixes
+    formats).  An extension that an earlier reader (a built-in, or a plugin loaded before) already
+    claims stays with that reader: lmctl warns at load, naming both, and ``plugins check`` reports
+    it; the new reader still reads such files through ``--format .EXT=NAME``.
     ``text_column`` is ``--text-column`` (default ``"text"``), ``encoding_errors`` is ``strict``,
     ``replace`` or ``ignore``, and ``document_split`` is ``lines``, ``blank-lines``, ``file`` or
     ``None`` (the reader's natural unit, e.g. one record).  Raise
@@ -104,17 +108,30 @@ def register_data_readers(register: Callable[[str, tuple[str, ...], Callable[...
 
 
 @hookspec
-def register_callbacks(register: Callable[[Any], None]) -> None:
-    """Register training callbacks (loggers, trackers, custom checks).
+def register_callbacks(register: Callable[..., None]) -> None:
+    """Register training callbacks (loggers, trackers, custom checks) that users choose by name.
 
-    Call ``register(callback)`` with an object that has any of these methods, each receiving a
-    dict: ``on_train_begin(info)`` (the plan: parameters, steps, ...), ``on_log(metrics)``
-    (one training log or eval event, the same dict written to ``metrics.jsonl``),
-    ``on_save(info)`` (a checkpoint was written: ``{"step", "path"}``) and ``on_train_end(info)``.
-    Callbacks run on the main process only.  An exception in a callback is reported once and the
-    callback is disabled; training goes on.
+    Call ``register(callback, name=None)`` with an object that has any of these methods, each
+    receiving a dict: ``on_train_begin(info)``, ``on_log(metrics)`` (one training log or eval
+    event, the same dict written to ``metrics.jsonl``), ``on_save(info)`` (a checkpoint was
+    written: ``{"step", "path", "out"}``) and ``on_train_end(info)`` (``{"steps", "interrupted",
+    "out", "model", "final_eval", "final_train_loss"}``).  ``on_train_begin`` gets stable machine keys: ``out`` (the run
+    directory, created), ``model`` (the ``torch.nn.Module`` being trained), ``tokenizer``,
+    ``model_name``, ``family``, ``family_options``, ``block_size``, ``micro_batch``,
+    ``grad_accum``, ``world_size``, ``global_batch``, ``tokens_per_step``, ``optimizer_steps``,
+    ``start_step``, ``parameters``, ``precision``, ``device``, ``lr``, ``min_lr``, ``schedule``,
+    ``warmup_steps``, ``eval_every``, ``save_every``, ``seed``, ``callbacks``, ``config`` (every
+    ``lmctl train`` setting) and ``plan`` (the human-readable summary the dashboard shows).
 
-    :param register: ``register(callback: object) -> None``.
+    A callback runs only in the runs that ask for it: ``lmctl train --callback NAME``
+    (repeatable, or ``callbacks = [...]`` in a config file), so a callback installed for one
+    project never runs silently in another; ``run.json`` records which ran.  ``name`` defaults to
+    the callback's ``name`` attribute, else the plugin's name; a name already taken is refused
+    with a warning.  Callbacks run on the main process only.  An exception in a callback is
+    reported once and the callback is disabled; training goes on.  (0.2: names, opt-in, the
+    machine keys, ``out`` and ``model`` from the start.)
+
+    :param register: ``register(callback: object, name: str | None = None) -> None``.
 
     versionadded: 0.1
     """

@@ -312,18 +312,22 @@ def test_hook_register_data_readers(plugin_site, tmp_path):
 
 
 def test_hook_register_callbacks(plugin_site, tmp_path, tokenizer_for):
-    """A callback registered through the hook receives the trainer's events as dicts (a tiny real run)."""
+    """A callback registered through the hook runs only when the run chooses it by name, and
+    receives the trainer's events as dicts: stable keys, the run directory and the model from the
+    start (a tiny real run, through the CLI).  run.json records which callbacks ran."""
+    from lmctl.cli.app import app
     from lmctl.plugins.registry import get_registry
-    from lmctl.workflows.train.config import TrainConfig
-    from lmctl.workflows.train.trainer import train
 
     source = '''
+        import os
+
         from lmctl.hookspecs import hookimpl
 
         class Recorder:
             events = []
 
             def on_train_begin(self, info):
+                assert os.path.isdir(info["out"])  # the run directory exists from the start
                 self.events.append(("begin", info))
 
             def on_log(self, metrics):
@@ -335,30 +339,58 @@ def test_hook_register_callbacks(plugin_site, tmp_path, tokenizer_for):
             def on_train_end(self, info):
                 self.events.append(("end", info))
 
+        class Named:
+            name = "named"
+
         @hookimpl
         def register_callbacks(register):
-            register(Recorder())
+            register(Recorder())  # named after the plugin: "recorder"
+            register(Named())  # its own name attribute
+            register(Named(), name="named")  # taken: refused with a warning
     '''
     write_distribution(plugin_site, "lmctl-recorder", "0.1.0", {"recorder": "lmctl_recorder_cb"}, {"lmctl_recorder_cb": source})
     registry = get_registry()
-    assert registry.plugins["recorder"].callbacks == 1
-    recorder = registry.callbacks[0]
+    assert registry.plugins["recorder"].callbacks == ["recorder", "named"]
+    assert any("callback 'named', which plugin 'recorder' already provides" in p for p in registry.problems)
+    recorder = registry.callbacks["recorder"]
     prepared = write_prepared(tmp_path / "data", tokenizer_for("causal"), "causal", corpus_text(8_000))
-    config = TrainConfig(
-        model="gpt2", from_scratch=True, preset="tiny", train=[str(prepared)], out=str(tmp_path / "run"),
-        max_steps=4, batch_size=4, block_size=32, log_every=2, save_every=2, eval_every=0, dropout=0.0,
-    )  # fmt: skip
-    train(config, quiet=True)
+    base = ["train", "--model", "gpt2", "--from-scratch", "--preset", "tiny", "--train", str(prepared), "--max-steps", "4",
+            "--batch-size", "4", "--block-size", "32", "--log-every", "2", "--save-every", "2", "--eval-every", "0",
+            "--dropout", "0", "--quiet"]  # fmt: skip
+
+    # Not chosen: it does not run.
+    unchosen = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "plain")])
+    assert unchosen.exit_code == 0, unchosen.output
+    assert recorder.events == []
+    assert json.loads((tmp_path / "plain" / "run.json").read_text())["callbacks"] == []
+    # An unknown name: one line, exit 2, nothing trained.
+    unknown = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "bad"), "--callback", "nope"])
+    assert unknown.exit_code == 2 and "unknown --callback 'nope'; installed callbacks: named, recorder" in unknown.output
+    assert not (tmp_path / "bad").exists()
+
+    run = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "run"), "--callback", "recorder"])
+    assert run.exit_code == 0, run.output
     kinds = [kind for kind, _ in recorder.events]
     assert kinds[0] == "begin" and kinds[-1] == "end"
     assert all(isinstance(info, dict) for _, info in recorder.events)
+    begin = recorder.events[0][1]
+    assert begin["out"] == str(tmp_path / "run") and begin["family"] == "causal" and begin["model_name"] == "gpt2"
+    assert (begin["block_size"], begin["micro_batch"], begin["grad_accum"], begin["world_size"]) == (32, 4, 1, 1)
+    assert (begin["global_batch"], begin["optimizer_steps"], begin["tokens_per_step"]) == (4, 4, 128)
+    assert begin["parameters"] == sum(p.numel() for p in begin["model"].parameters())
+    assert begin["callbacks"] == ["recorder"] and begin["plan"]["block size"] == 32
     logs = [info for kind, info in recorder.events if kind == "log" and "train/loss" in info]
     assert [log["step"] for log in logs] == [2, 4]
     # The same events the trainer writes to metrics.jsonl.
     written = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [e for e in written if "train/loss" in e] == logs
     saves = [info for kind, info in recorder.events if kind == "save"]
-    assert saves and all(Path(info["path"]).is_dir() for info in saves)
+    assert saves and all(Path(info["path"]).is_dir() and info["out"] == str(tmp_path / "run") for info in saves)
+    end = recorder.events[-1][1]
+    assert end["steps"] == 4 and end["out"] == str(tmp_path / "run") and end["model"] is begin["model"]
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["callbacks"] == ["recorder"] and record["callbacks_failed"] == {}
+    assert record["config"]["callbacks"] == ["recorder"]
 
 
 # --- broken plugins ------------------------------------------------------------------------------
@@ -489,7 +521,7 @@ def test_load_and_disable_lists(plugin_site, monkeypatch, env, expected):
     installed = {name for name, info in registry.plugins.items() if not info.builtin}
     assert installed == expected
     assert BUILTIN_FAMILIES <= set(registry.families)  # built-ins always load
-    assert len(registry.callbacks) == len(expected)
+    assert set(registry.callbacks) == expected  # each named after its plugin
 
 
 def test_load_list_in_a_fresh_process():

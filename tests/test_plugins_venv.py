@@ -34,7 +34,9 @@ def run(argv: list[str], *, cwd: Path, env: dict[str, str], check: bool = True) 
     return result
 
 
-def test_install_use_and_uninstall_example_plugins_in_a_fresh_venv(tmp_path):
+def fresh_venv(tmp_path: Path) -> tuple[Path, Path, list[str], dict[str, str], Path]:
+    """A fresh virtual environment with lmctl from this checkout (editable, no dependencies: torch
+    and friends come from the parent environment, never downloaded): (python, bindir, lmctl, env, work)."""
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
     bindir = env_dir / ("Scripts" if os.name == "nt" else "bin")
@@ -66,6 +68,11 @@ def test_install_use_and_uninstall_example_plugins_in_a_fresh_venv(tmp_path):
     where = run([str(python), "-c", "import lmctl, sys; print(lmctl.__file__); print(sys.prefix)"], cwd=work, env=env)
     assert where.stdout.splitlines()[1] == str(env_dir)
 
+    return python, bindir, lmctl, env, work
+
+
+def test_install_use_and_uninstall_example_plugins_in_a_fresh_venv(tmp_path):
+    python, bindir, lmctl, env, work = fresh_venv(tmp_path)
     # The plugins, through lmctl's own installer command (pip of the venv, not of the shell).
     # Copies, because setuptools builds in the source tree (build/, *.egg-info).
     sources = []
@@ -133,3 +140,60 @@ def test_install_use_and_uninstall_example_plugins_in_a_fresh_venv(tmp_path):
     assert "family 'fim', which is not installed" in fallback.stderr
     pip_list = run([str(python), "-m", "pip", "list", "--format", "json"], cwd=work, env=env)
     assert not {"lmctl-fim", "lmctl-byte"} & {p["name"].lower() for p in json.loads(pip_list.stdout)}
+
+
+def test_install_use_and_uninstall_the_prefixlm_test_plugin_in_a_fresh_venv(tmp_path):
+    """tests/plugins_fixtures/lmctl-prefixlm as users get it: installed with `lmctl plugins install`,
+    then prepare (mixing its .md reader with the built-in text reader), train with its family option
+    and its callback, eval, generate through its own Family.generate, check, list, uninstall."""
+    python, bindir, lmctl, env, work = fresh_venv(tmp_path)
+    source = tmp_path / "lmctl-prefixlm"
+    shutil.copytree(REPO / "tests" / "plugins_fixtures" / "lmctl-prefixlm", source,
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))  # fmt: skip
+    installed = run([*lmctl, "plugins", "install", str(source)], cwd=work, env=env)
+    assert "installed plugin 'prefixlm' (lmctl-prefixlm 0.1.0): families: prefixlm; readers: notes (.md); callbacks: prefixlm-log" in installed.stdout
+    conflict = ("plugin 'prefixlm' registers data reader 'notes' for .md files, which data reader 'text' of plugin "
+                "'lmctl.data.readers' already reads")  # fmt: skip
+    listed = run([*lmctl, "plugins", "list", "--json"], cwd=work, env=env)
+    assert conflict in listed.stderr  # one warning line at load
+    row = next(r for r in json.loads(listed.stdout) if r["name"] == "prefixlm")
+    assert row["reader_extensions"] == {"notes": [".md"]} and row["callbacks"] == ["prefixlm-log"]
+    assert {o["name"]: o["default"] for o in row["family_options"]["prefixlm"]} == {"label_smoothing": 0.0, "prefix_fraction": 0.25}
+    check = run([*lmctl, "plugins", "check"], cwd=work, env=env, check=False)
+    assert check.returncode == 1 and conflict in check.stdout + check.stderr
+
+    notes = work / "notes.md"
+    notes.write_text("# Notes\n\n" + corpus_text(20_000), encoding="utf-8")
+    plain = work / "plain.txt"
+    plain.write_text(corpus_text(40_000)[20_000:], encoding="utf-8")
+    run([*lmctl, "prepare", "--train", str(notes), "--train", str(plain), "--format", ".md=notes", "--validation-split", "0.1",
+         "--tokenizer", "char", "--family", "prefixlm", "--block-size", "64", "--out", "data"], cwd=work, env=env)  # fmt: skip
+    manifest = json.loads((work / "data" / "manifest.json").read_text())
+    assert [f["format"] for f in manifest["inputs"]["train"]] == ["notes", "text"]
+
+    run([*lmctl, "train", "--model", "gpt2", "--from-scratch", "--family", "prefixlm", "--preset", "tiny", "--train", "data",
+         "--family-option", "prefix_fraction=0.5", "--callback", "prefixlm-log", "--out", "run", "--max-steps", "40",
+         "--batch-size", "8", "--lr", "3e-3", "--eval-every", "20", "--seed", "0"], cwd=work, env=env)  # fmt: skip
+    record = json.loads((work / "run" / "run.json").read_text())
+    assert record["callbacks"] == ["prefixlm-log"] and record["resolved"]["family_options"]["prefix_fraction"] == 0.5
+    log = [json.loads(line) for line in (work / "run" / "prefixlm-log.jsonl").read_text().splitlines()]
+    assert log[0]["event"] == "begin" and log[0]["optimizer_steps"] == 40 and log[-1]["event"] == "end"
+    losses = [e["loss"] for e in log if e["event"] == "log"]
+    assert losses[-1] < losses[0]  # it learns
+    refused = run([*lmctl, "train", "--model", "gpt2", "--from-scratch", "--family", "prefixlm", "--train", "data",
+                   "--generator-config", "num_hidden_layers=1", "--out", "x"], cwd=work, env=env, check=False)  # fmt: skip
+    assert refused.returncode == 2 and "the 'prefixlm' family has no option 'generator_config'" in refused.stderr
+
+    evaluated = run([*lmctl, "eval", "--model", "run", "--data", "data", "--json"], cwd=work, env=env)
+    assert json.loads(evaluated.stdout.splitlines()[0])["tokens"] > 0
+    first = run([*lmctl, "generate", "--model", "run", "The ", "--seed", "0", "--max-new-tokens", "12"], cwd=work, env=env)
+    second = run([*lmctl, "generate", "--model", "run", "The ", "--seed", "0", "--max-new-tokens", "12"], cwd=work, env=env)
+    assert first.stdout and first.stdout == second.stdout
+
+    removed = run([*lmctl, "plugins", "uninstall", "prefixlm"], cwd=work, env=env)
+    assert "uninstalled lmctl-prefixlm (plugins: prefixlm)" in removed.stdout
+    names = {r["name"] for r in json.loads(run([*lmctl, "plugins", "list", "--json"], cwd=work, env=env).stdout)}
+    assert "prefixlm" not in names
+    gone = run([*lmctl, "train", "--model", "gpt2", "--from-scratch", "--train", "data", "--callback", "prefixlm-log",
+                "--out", "y"], cwd=work, env=env, check=False)  # fmt: skip
+    assert gone.returncode == 2 and "unknown --callback 'prefixlm-log'" in gone.stderr

@@ -94,11 +94,11 @@ def test_resume_is_exact(family, tmp_path, tokenizer_for):
     straight = train(tiny_config(prepared, tmp_path / "a", family, **common), quiet=True)
 
     registry = get_registry()
-    registry.callbacks.append(StopAt(20))
+    registry.callbacks["stop-at-20"] = StopAt(20)  # a callback runs only when the run names it
     try:
-        first = train(tiny_config(prepared, tmp_path / "b", family, save_every=0, **common), quiet=True)
+        first = train(tiny_config(prepared, tmp_path / "b", family, save_every=0, callbacks=["stop-at-20"], **common), quiet=True)
     finally:
-        registry.callbacks.pop()
+        del registry.callbacks["stop-at-20"]
     assert first.interrupted == "SIGINT" and first.steps == 20
     assert (tmp_path / "b" / "checkpoints" / "step-20" / "trainer_state.json").is_file()
     second = train(tiny_config(prepared, tmp_path / "b", family, resume="auto", **common), quiet=True)

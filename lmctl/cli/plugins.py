@@ -73,11 +73,17 @@ def provides_lines(info: PluginInfo) -> list[str]:
     if info.tokenizer_trainers:
         lines.append("tokenizers: " + ", ".join(info.tokenizer_trainers))
     if info.data_readers:
-        lines.append("readers: " + ", ".join(info.data_readers))
+        lines.append(
+            "readers: "
+            + ", ".join(
+                f"{name} ({' '.join(info.reader_extensions[name])})" if info.reader_extensions.get(name) else name
+                for name in info.data_readers
+            )
+        )
     if info.commands:
         lines.append("commands: " + ", ".join(info.commands))
     if info.callbacks:
-        lines.append(f"callbacks: {info.callbacks}")
+        lines.append("callbacks: " + ", ".join(info.callbacks))
     return lines
 
 
@@ -119,12 +125,14 @@ def install_command(
         info = PluginInfo(**{k: row.get(k) for k in ("name", "builtin", "distribution", "version")})
         for key in ("families", "tokenizer_trainers", "data_readers", "commands"):
             setattr(info, key, row.get(key) or [])
-        info.callbacks = row.get("callbacks") or 0
+        callbacks = row.get("callbacks") or []
+        info.callbacks = callbacks if isinstance(callbacks, list) else []
+        info.reader_extensions = row.get("reader_extensions") or {}
         provides = "; ".join(provides_lines(info)) or "nothing yet"
         typer.echo(f"installed plugin '{info.name}' ({info.distribution} {info.version}): {provides}")
     for problem in result.problems:
         sys.stderr.write(f"warning: {problem}\n")
-    if result.problems:
+    if result.failed:
         raise typer.Exit(1)
 
 

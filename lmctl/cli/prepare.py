@@ -57,8 +57,8 @@ def prepare_command(
     ),
     line_by_line: bool = typer.Option(False, "--line-by-line", help="One example per non-blank line, truncated to --block-size (masked families)."),
     text_column: str = typer.Option("text", "--text-column", help="Column/field holding the text in jsonl, json, csv, parquet and datasets inputs."),
-    data_format: str = typer.Option(
-        None, "--format", metavar="FORMAT", help="Reader for every input: text, jsonl, json, csv, parquet, datasets (or a plugin's). Default: from the extension.",
+    data_format: list[str] = typer.Option(
+        None, "--format", metavar="FORMAT", help="Reader for every input: text, jsonl, json, csv, parquet, datasets (or a plugin's); or .EXT=READER for the files ending in .EXT (repeatable, so one prepare mixes formats). Default: from the extension.",
     ),
     encoding_errors: EncodingErrors = typer.Option(
         EncodingErrors.strict, "--encoding-errors", help="What to do with bytes that are not UTF-8 text: stop with an error, replace them, or drop them.",
@@ -108,7 +108,7 @@ def _run(options: dict[str, Any]) -> None:
         document_split=options["document_split"].value if options["document_split"] else None,
         line_by_line=options["line_by_line"],
         text_column=options["text_column"],
-        format=options["data_format"],
+        format=(options["data_format"][0] if len(options["data_format"]) == 1 else list(options["data_format"])) if options["data_format"] else None,
         encoding_errors=options["encoding_errors"].value,
         force=options["force"],
     )

@@ -79,6 +79,7 @@ def train_command(
     log_every: Optional[int] = typer.Option(None, help=help_with_default("log_every"), rich_help_panel='Output'),
     report_to: Optional[list[str]] = typer.Option(None, help=field_help("report_to"), rich_help_panel='Output'),
     on_nan: Optional[str] = typer.Option(None, help=help_with_default("on_nan"), rich_help_panel='Evaluation and checkpoints'),
+    callbacks: Optional[list[str]] = typer.Option(None, "--callback", metavar="NAME", help=field_help("callbacks"), rich_help_panel='Output'),
     family_option: Optional[list[str]] = typer.Option(None, "--family-option", metavar="KEY=VALUE", help=field_help("family_options") + " `lmctl plugins list` shows each family's options.", rich_help_panel='Family objectives'),
     mlm_probability: Optional[float] = typer.Option(None, help=field_help("mlm_probability"), rich_help_panel='Family objectives'),
     plm_probability: Optional[float] = typer.Option(None, help=field_help("plm_probability"), rich_help_panel='Family objectives'),

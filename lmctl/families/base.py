@@ -15,7 +15,7 @@ import json
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -23,11 +23,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from lmctl.core.hub import read_config_json as read_config_json  # documented here for plugins
 from lmctl.errors import UsageError
 from lmctl.kit.masking import mask_tokens as mask_tokens  # documented here for plugins
+from lmctl.kit.positions import POSITION_KEYS, ROBERTA_LIKE
+from lmctl.kit.positions import max_positions as max_positions
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from lmctl.core.prepared import PreparedSplit
+    from lmctl.kit.generation import GenerationSettings
     from lmctl.kit.scoring import EvalSettings
 
 
@@ -171,8 +174,39 @@ class LossOutput:
 
 Collator = Callable[..., dict]
 """``collate(input_ids: LongTensor[B, W], attention_mask: LongTensor[B, W] | None,
-generator: torch.Generator) -> dict`` of model inputs, labels included.  ``W`` is the block size,
-plus :attr:`Family.block_lookahead` for packed rows (those come without an attention mask)."""
+generator: torch.Generator) -> dict`` of model inputs, labels included (int64 ids; a mask of
+int64 0/1).  Packed training rows come without a mask and ``W = block_size +``
+:attr:`Family.block_lookahead`; line-by-line rows and evaluation blocks come with a mask and
+``W = block_size``.  Take every random draw from ``generator``.  A collator marked with
+:func:`row_seeded` also accepts a list of generators, one per row."""
+
+
+def row_seeded(collate: Collator) -> Collator:
+    """Mark a collator whose row ``i`` draws only from ``generator[i]`` when ``generator`` is a list
+    (or that draws nothing), so evaluation collates a whole batch of blocks per call instead of
+    one block per call, with the same results: each evaluation block has its own seeded
+    generator whatever the batch size.  In training ``generator`` is one ``torch.Generator`` for
+    the batch; :func:`row_generators` gives the per-row view of either::
+
+        @row_seeded
+        def collate(input_ids, attention_mask, generator):
+            generators = row_generators(generator, len(input_ids))
+            ...
+    """
+    from lmctl.kit.scoring import ROW_SEEDED
+
+    setattr(collate, ROW_SEEDED, True)
+    return collate
+
+
+def row_generators(generator: Any, rows: int) -> list[Any]:
+    """One generator per row: the list a :func:`row_seeded` collator got in evaluation, or the
+    batch's single generator repeated (training)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != rows:
+            raise ValueError(f"{len(generator)} generators for {rows} rows")
+        return list(generator)
+    return [generator] * rows
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -187,24 +221,6 @@ def parse_override(item: str) -> tuple[str, Any]:
         lowered = raw.strip().lower()
         value = {"true": True, "false": False, "none": None, "null": None}.get(lowered, raw)
     return key, value
-
-
-ROBERTA_LIKE = frozenset({"roberta", "camembert", "xlm-roberta", "longformer"})
-
-# Attributes holding position-embedding sizes, in the order transformers' configs use them.
-POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_seq_length")
-
-
-def max_positions(config: Any) -> int | None:
-    """The longest sequence a model config accepts, or None when it has no absolute limit."""
-    for key in POSITION_KEYS:
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            # RoBERTa-style models reserve padding_idx + 1 positions.
-            if getattr(config, "model_type", "") in ROBERTA_LIKE:
-                value -= (getattr(config, "pad_token_id", 1) or 1) + 1
-            return value
-    return None
 
 
 def dropout_settings(config: Any, dropout: float) -> dict[str, float]:
@@ -410,11 +426,72 @@ class Family(ABC):
         byte and word perplexity), ``complete`` (False when ``settings.max_batches`` stopped early)
         and other float metrics.  Take every random choice from ``settings.seed`` so the same
         command gives the same number.  The default averages :meth:`compute_loss` over blocks,
-        token-weighted, with the collator seeded per block.
+        token-weighted, with the collator seeded per block: one call per batch for a collator
+        marked :func:`row_seeded`, one call per block otherwise (the same results either way).
         """
         from lmctl.kit.scoring import evaluate_with_loss
 
         return evaluate_with_loss(self, model, tokenizer, split, settings)
+
+    # --- generation ------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        model: Any,
+        tokenizer: Any,
+        prompts: Sequence[str],
+        settings: GenerationSettings,
+        *,
+        model_name: str = "",
+        on_text: Callable[[str], None] | None = None,
+        on_result: Callable[[Any], None] | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> list[Any]:
+        """What ``lmctl generate`` does with this family's model (loaded by :meth:`load_for_inference`,
+        on its device, in eval mode): one result per prompt and sequence, in prompt order.
+
+        Return :class:`lmctl.kit.generation.GenerationResult` objects when :attr:`generate_kind` is
+        ``"text"`` and :class:`lmctl.kit.generation.FillMaskResult` objects for ``"fill-mask"``; call
+        ``on_result(result)`` for each as soon as it is ready (in order), ``on_text(delta)`` with
+        text as it is produced (only passed for one prompt and one sequence; optional to honour) and
+        ``warn(line)`` for one-line warnings.  ``settings`` is a
+        :class:`lmctl.kit.generation.GenerationSettings` (``None`` fields: the model's
+        ``generation_config.json`` value, else lmctl's default); with ``settings.seed`` the same call
+        must give the same results.  The default samples continuations with ``model.generate``
+        (:func:`lmctl.kit.generation.generate_text`, left-padded batches when
+        :attr:`generate_with_padding`) or fills masks (:func:`lmctl.kit.generation.fill_mask`).
+        Override it when the objective changes what a prompt means, e.g. a prefix LM that reads the
+        prompt bidirectionally.
+        """
+        from lmctl.kit.generation import DEFAULT_FILL_MASK_TOP_K, _library_warning, fill_mask, generate_text
+
+        warn = warn or _library_warning
+        if self.generate_kind == "fill-mask":
+            results = fill_mask(
+                model,
+                tokenizer,
+                prompts,
+                settings.top_k or DEFAULT_FILL_MASK_TOP_K,
+                model_name=model_name,
+                batch_size=settings.batch_size,
+                truncate=settings.truncate,
+                warn=warn,
+            )
+            for result in results:
+                if on_result is not None:
+                    on_result(result)
+            return list(results)
+        return generate_text(
+            model,
+            tokenizer,
+            prompts,
+            settings,
+            model_name=model_name,
+            on_text=on_text,
+            on_result=on_result,
+            padding=self.generate_with_padding,
+            warn=warn,
+        )
 
     # --- saving ----------------------------------------------------------------------------------
 

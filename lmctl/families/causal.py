@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from lmctl.families.base import Family, LossOutput, option
+from lmctl.families.base import Family, LossOutput, option, row_seeded
 from lmctl.hookspecs import hookimpl
 from lmctl.kit.scoring import (
     IGNORE,
@@ -26,6 +26,7 @@ from lmctl.kit.scoring import (
 )
 
 
+@row_seeded  # draws nothing: evaluation may collate whole batches at once
 def next_token_batch(input_ids: Any, attention_mask: Any = None, generator: Any = None) -> dict:
     """A causal batch: ``labels`` are the tokens (Hugging Face convention: position t predicts
     ``labels[t + 1]``, see :mod:`lmctl.kit.losses`).

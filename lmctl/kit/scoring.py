@@ -199,6 +199,15 @@ def count_blocks(split: Any, block_size: int) -> int | None:
     return None
 
 
+ROW_SEEDED = "lmctl_row_seeded"
+"""Attribute set on a collator by :func:`lmctl.families.base.row_seeded`."""
+
+
+def is_row_seeded(collate: Callable[..., dict]) -> bool:
+    """Whether ``collate`` takes a list of generators, one per row (so whole batches collate at once)."""
+    return bool(getattr(collate, ROW_SEEDED, False))
+
+
 def collate_blocks(
     collate: Callable[..., dict],
     rows: list[np.ndarray],
@@ -208,27 +217,40 @@ def collate_blocks(
     first_index: int,
     always_mask: bool = False,
 ) -> tuple[dict, list[Any]]:
-    """Collate each block with its own seeded generator, then stack them into one batch.
+    """Collate evaluation blocks with one seeded generator per block, as one batch.
 
     Seeding per block (not per batch) makes masks independent of the batch size.  Blocks shorter
     than ``block_size`` are padded to it with an attention mask, so the collator never picks
     padding.  ``always_mask`` gives every block a mask: a family with a ``block_lookahead`` then
     reads it as a complete input (unmasked rows would be expected to carry the lookahead tokens).
+
+    A collator marked :func:`lmctl.families.base.row_seeded` is called once for the whole batch,
+    with the list of per-block generators (row ``i`` draws only from ``generators[i]``), so its
+    results are the same as block by block; any other collator is called once per block.
     Returns the batch and the per-block generators (for further seeded draws).
     """
     import torch
 
-    parts, generators = [], []
-    for offset, block in enumerate(rows):
+    generators = [seeded_generator(seed, first_index + offset) for offset in range(len(rows))]
+    if is_row_seeded(collate):
+        ids = np.full((len(rows), block_size), pad_id, dtype=np.int64)
+        mask = None
+        if always_mask or any(len(block) < block_size for block in rows):
+            mask = torch.zeros((len(rows), block_size), dtype=torch.long)
+        for row, block in enumerate(rows):
+            ids[row, : len(block)] = block
+            if mask is not None:
+                mask[row, : len(block)] = 1
+        return collate(torch.from_numpy(ids), mask, generators), generators
+    parts = []
+    for block, generator in zip(rows, generators, strict=True):
         ids = np.full((1, block_size), pad_id, dtype=np.int64)
         ids[0, : len(block)] = block
         mask = None
         if len(block) < block_size or always_mask:
             mask = torch.zeros((1, block_size), dtype=torch.long)
             mask[0, : len(block)] = 1
-        generator = seeded_generator(seed, first_index + offset)
         parts.append(collate(torch.from_numpy(ids), mask, generator))
-        generators.append(generator)
     keys = set().union(*(p.keys() for p in parts))
     if "attention_mask" in keys:
         for part in parts:

@@ -11,7 +11,8 @@ For each checked plugin:
   batch, compute the loss and its gradient, save, check that ``config.json`` resolves back to the
   family, and reload the model for inference;
 * each tokenizer trainer: train on a little text and round-trip a sentence;
-* each data reader and callback: the documented call signatures.
+* each data reader and callback: the documented call signatures; a reader claiming an extension
+  that another reader keeps is reported (by the registry, at load).
 
 Problems are one line each, naming the plugin.
 """
@@ -333,8 +334,12 @@ def _callbacks_of(registry: Registry, info: PluginInfo) -> list[Any]:
     if impl is None:
         return []
     collected: list[Any] = []
+
+    def register(callback: Any, name: str | None = None) -> None:
+        collected.append(callback)
+
     try:
-        impl.function(**{name: collected.append for name in impl.argnames})
+        impl.function(**{name: register for name in impl.argnames})
     except Exception:  # noqa: BLE001 - already reported when the registry was built
         return []
     return collected
@@ -351,5 +356,5 @@ def summary(info: PluginInfo) -> str:
     if info.commands:
         parts.append("commands " + ", ".join(info.commands))
     if info.callbacks:
-        parts.append(f"{info.callbacks} callback(s)")
+        parts.append("callbacks " + ", ".join(info.callbacks))
     return "ok (" + "; ".join(parts) + ")" if parts else "ok"

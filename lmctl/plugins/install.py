@@ -171,6 +171,12 @@ class InstallResult:
     problems: list[str] = field(default_factory=list)  # load warnings about those plugins
     unchanged: bool = False  # nothing new or updated among lmctl plugins
 
+    @property
+    def failed(self) -> list[str]:
+        """The warnings that mean a plugin (or part of it) did not load; the others are advice
+        (e.g. a data reader whose extension another reader keeps)."""
+        return [w for w in self.problems if re.search(r"\bskipped\b|\bfailed\b", w)]
+
 
 def _fresh_listing() -> tuple[list[dict[str, Any]], list[str]]:
     """``python -m lmctl plugins list --json`` in a new process: (rows, warning lines)."""

@@ -67,7 +67,8 @@ class PluginInfo:
     families: list[str] = field(default_factory=list)
     tokenizer_trainers: list[str] = field(default_factory=list)
     data_readers: list[str] = field(default_factory=list)
-    callbacks: int = 0
+    reader_extensions: dict[str, list[str]] = field(default_factory=dict)  # reader -> extensions it claimed
+    callbacks: list[str] = field(default_factory=list)  # callback names (``lmctl train --callback NAME``)
     commands: list[str] = field(default_factory=list)
     entry_point: str | None = None  # "package.module" or "package.module:object" for installed plugins
 
@@ -81,6 +82,7 @@ class PluginInfo:
             "families": self.families,
             "tokenizer_trainers": self.tokenizer_trainers,
             "data_readers": self.data_readers,
+            "reader_extensions": self.reader_extensions,
             "callbacks": self.callbacks,
             "commands": self.commands,
             "entry_point": self.entry_point,
@@ -106,7 +108,8 @@ class Registry:
     family_plugin: dict[str, str] = field(default_factory=dict)  # family name -> plugin name
     tokenizer_trainers: dict[str, Callable[..., Any]] = field(default_factory=dict)
     data_readers: dict[str, DataReader] = field(default_factory=dict)
-    callbacks: list[Any] = field(default_factory=list)
+    callbacks: dict[str, Any] = field(default_factory=dict)  # name -> callback object
+    callback_plugin: dict[str, str] = field(default_factory=dict)  # callback name -> plugin name
     problems: list[str] = field(default_factory=list)
     problems_by_plugin: dict[str, list[str]] = field(default_factory=dict)
     commands_attributed: bool = False  # set once register_commands ran (PluginInfo.commands filled)
@@ -317,15 +320,48 @@ def _collect(registry: Registry) -> None:
                 registry.warn(f"plugin '{info.name}' registers data reader '{name}', which exists; skipped", info.name)
                 return
             exts = tuple(e if e.startswith(".") else f".{e}" for e in extensions)
+            # The first reader of an extension keeps it (built-ins first): say so, naming both, so a
+            # plugin's reader never loses its files silently.  It still reads them through --format.
+            for ext in exts:
+                owner = next((r for r in registry.data_readers.values() if ext.lower() in (e.lower() for e in r.extensions)), None)
+                if owner is not None:
+                    registry.warn(
+                        f"plugin '{info.name}' registers data reader '{name}' for {ext} files, which data reader "
+                        f"'{owner.name}' of plugin '{owner.plugin}' already reads; {ext} files stay with '{owner.name}' "
+                        f"(use `--format {ext}={name}` to read them with '{name}')",
+                        info.name,
+                    )
             registry.data_readers[name] = DataReader(name, exts, read_fn, info.name)
             info.data_readers.append(name)
+            info.reader_extensions[name] = list(exts)
 
         return register
 
-    def callback_register(info: PluginInfo) -> Callable[[Any], None]:
-        def register(callback: Any) -> None:
-            registry.callbacks.append(callback)
-            info.callbacks += 1
+    def callback_register(info: PluginInfo) -> Callable[..., None]:
+        def register(callback: Any, name: str | None = None) -> None:
+            if name is None:
+                attribute = getattr(callback, "name", None)
+                name = attribute if isinstance(attribute, str) and attribute else info.name
+                if name in registry.callbacks and name == info.name:  # a plugin's second unnamed callback
+                    name = f"{info.name}-{type(callback).__name__.lower()}"
+            if not CALLBACK_NAME.fullmatch(name):
+                registry.warn(
+                    f"plugin '{info.name}' registers a callback named {name!r}; names are letters, digits, '-', '_' "
+                    "and '.'; skipped",
+                    info.name,
+                )
+                return
+            if name in registry.callbacks:
+                owner = registry.callback_plugin.get(name, "?")
+                registry.warn(
+                    f"plugin '{info.name}' registers callback '{name}', which plugin '{owner}' already provides; "
+                    "skipped (pass name=... to register())",
+                    info.name,
+                )
+                return
+            registry.callbacks[name] = callback
+            registry.callback_plugin[name] = info.name
+            info.callbacks.append(name)
 
         return register
 
@@ -333,6 +369,22 @@ def _collect(registry: Registry) -> None:
     call_hook_per_plugin(registry, "register_tokenizer_trainers", trainer_register)
     call_hook_per_plugin(registry, "register_data_readers", reader_register)
     call_hook_per_plugin(registry, "register_callbacks", callback_register)
+
+
+CALLBACK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def select_callbacks(names: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """The callbacks a run asked for by name (``--callback NAME``), in that order; an unknown
+    name is refused with one line listing the installed ones."""
+    registry = get_registry()
+    chosen: dict[str, Any] = {}
+    for name in names:
+        if name not in registry.callbacks:
+            known = ", ".join(sorted(registry.callbacks)) or "none are installed"
+            raise UsageError(f"unknown --callback '{name}'; installed callbacks: {known}")
+        chosen[name] = registry.callbacks[name]
+    return chosen
 
 
 def get_registry() -> Registry:
@@ -369,13 +421,15 @@ def register_plugin(plugin: Any, name: str | None = None) -> None:
     registry.plugins[name].hooks = list(hook_impls(registry, name))
     # Re-collect from scratch so the new plugin's registrations are attributed to it.
     for info in registry.plugins.values():
-        info.families, info.tokenizer_trainers, info.data_readers, info.callbacks = [], [], [], 0
+        info.families, info.tokenizer_trainers, info.data_readers, info.callbacks = [], [], [], []
+        info.reader_extensions = {}
     registry.families.clear()
     registry.family_aliases.clear()
     registry.family_plugin.clear()
     registry.tokenizer_trainers.clear()
     registry.data_readers.clear()
     registry.callbacks.clear()
+    registry.callback_plugin.clear()
     _collect(registry)
 
 

@@ -99,9 +99,11 @@ class PrepareConfig:
     line_by_line: bool = False
     """One example per non-blank line instead of packed blocks (masked families)."""
     text_column: str = "text"
-    format: str | None = None
-    """Reader name for every input (text, jsonl, json, csv, parquet, datasets, or a plugin's);
-    None: from each file's extension."""
+    format: str | list[str] | None = None
+    """Which reader reads which input (text, jsonl, json, csv, parquet, datasets, or a plugin's):
+    ``NAME`` for every input, or a list of entries, each ``NAME`` (inputs no other entry covers) or
+    ``.EXT=NAME`` (files ending in ``.EXT``), so one prepare can mix formats.  None: from each
+    file's extension (see :func:`parse_formats`)."""
     encoding_errors: str = "strict"
     """strict | replace | ignore: what to do with bytes that are not UTF-8 (and NUL bytes)."""
     force: bool = False
@@ -271,20 +273,56 @@ def _registry() -> Any:
     return get_registry()
 
 
-def _reader_for(path: str, fmt: str | None, readers: dict[str, Any]) -> str:
+def parse_formats(value: str | list[str] | tuple[str, ...] | None, readers: dict[str, Any]) -> tuple[str | None, dict[str, str]]:
+    """``--format`` values as (reader for every input not mapped, {".ext": reader}).
+
+    ``NAME`` applies to every input; ``.EXT=NAME`` (or ``EXT=NAME``) to files ending in ``.EXT``,
+    and wins over ``NAME`` and over the readers' own extensions.  Unknown readers are refused.
+    """
+    items = [value] if isinstance(value, str) else list(value or [])
+    default: str | None = None
+    by_extension: dict[str, str] = {}
+    for item in items:
+        ext, sep, name = str(item).strip().rpartition("=")
+        name = name.strip()
+        if name not in readers:
+            raise UsageError(f"unknown --format '{name}'; installed data readers: {', '.join(readers)}")
+        if sep:
+            ext = ext.strip().lower()
+            if not ext.lstrip("."):
+                raise UsageError(f"--format {item}: expected .EXT=READER, e.g. .md={name}")
+            by_extension[ext if ext.startswith(".") else f".{ext}"] = name
+        elif default is not None and default != name:
+            raise UsageError(f"--format {default} and --format {name} both claim every input: map extensions with --format .EXT={name}")
+        else:
+            default = name
+    return default, by_extension
+
+
+def _longest_match(lower: str, table: list[tuple[str, str]]) -> str | None:
+    best, best_len = None, 0
+    for ext, name in table:
+        if lower.endswith(ext.lower()) and len(ext) > best_len:
+            best, best_len = name, len(ext)
+    return best
+
+
+def _reader_for(path: str, fmt: str | None, readers: dict[str, Any], by_extension: dict[str, str] | None = None) -> str:
+    lower = path.lower()
+    mapped = _longest_match(lower, list((by_extension or {}).items()))
+    if mapped is not None:
+        return mapped
     if fmt is not None:
         return fmt
-    lower = path.lower()
-    best, best_len = None, 0
-    for name, reader in readers.items():
-        for ext in reader.extensions:
-            if lower.endswith(ext.lower()) and len(ext) > best_len:
-                best, best_len = name, len(ext)
+    # The first reader registered for an extension keeps it (built-ins first; a later plugin claiming
+    # it is warned about at load and reads such files only through --format).
+    table = [(ext, name) for name, reader in readers.items() for ext in reader.extensions]
+    best = _longest_match(lower, table)
     if best is None:
         known = sorted({ext for r in readers.values() for ext in r.extensions})
         raise UsageError(
             f"cannot tell the format of {path} from its extension (known: {' '.join(known)}); "
-            f"pass --format {'|'.join(readers)}"
+            f"pass --format {'|'.join(readers)} (or --format .EXT=READER)"
         )
     return best
 
@@ -293,8 +331,11 @@ def _has_glob(spec: str) -> bool:
     return any(ch in spec for ch in "*?[")
 
 
-def resolve_inputs(specs: list[str], fmt: str | None = None, *, role: str = "--train") -> list[InputFile]:
-    """Expand files, globs and directories into :class:`InputFile` s (sorted, de-duplicated).
+def resolve_inputs(
+    specs: list[str], fmt: str | list[str] | tuple[str, ...] | None = None, *, role: str = "--train"
+) -> list[InputFile]:
+    """Expand files, globs and directories into :class:`InputFile` s (sorted, de-duplicated), each
+    with its reader (``fmt``: the ``--format`` values, see :func:`parse_formats`).
 
     Errors name the input: missing files, globs or directories that match nothing, empty files,
     unknown formats.
@@ -305,12 +346,11 @@ def resolve_inputs(specs: list[str], fmt: str | None = None, *, role: str = "--t
     from lmctl.data.readers import is_dataset_dir, split_dataset_spec
 
     readers = _registry().data_readers
-    if fmt is not None and fmt not in readers:
-        raise UsageError(f"unknown --format '{fmt}'; installed data readers: {', '.join(readers)}")
+    fmt, by_extension = parse_formats(fmt, readers)
     found: list[InputFile] = []
 
     def add_file(path: Path, *, explicit: bool) -> None:
-        reader = _reader_for(str(path), fmt, readers)
+        reader = _reader_for(str(path), fmt, readers, by_extension)
         size = path.stat().st_size
         if size == 0:
             if explicit:
@@ -319,6 +359,8 @@ def resolve_inputs(specs: list[str], fmt: str | None = None, *, role: str = "--t
         found.append(InputFile(str(path.resolve()), reader, size))
 
     def matching(path: Path) -> bool:
+        if any(path.name.lower().endswith(e) for e in by_extension):
+            return True
         if fmt is not None:
             exts = readers[fmt].extensions
             return not exts or any(path.name.lower().endswith(e.lower()) for e in exts)

@@ -71,6 +71,7 @@ class TrainConfig:
     resume: str | None = config_field(None, "Resume from 'auto' (the latest checkpoint in --out) or a checkpoint directory.")
     log_every: int = config_field(10, "Log training metrics every N optimizer steps.")
     report_to: list[str] = config_field([], "Also log to these Accelerate trackers: tensorboard, wandb, mlflow, ...")
+    callbacks: list[str] = config_field([], "Run this training callback, by name (repeatable; `lmctl plugins list` shows the installed ones). Plugin callbacks run only when chosen.")
     on_nan: str = config_field("stop", "On a NaN/inf loss: stop (save the last good state) or skip (skip the step; stop after 10 in a row).")
     # --- family options (each family declares its own; `lmctl plugins list` shows them) ---------
     family_options: dict[str, Any] = field(
@@ -207,7 +208,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         name = key.replace("-", "_")
         if name not in FIELDS:
             raise UsageError(f"{p}: unknown setting '{key}' (see `lmctl train --help`)")
-        if name in ("train", "validation", "model_config", "generator_config", "report_to") and isinstance(value, str):
+        if name in ("train", "validation", "model_config", "generator_config", "report_to", "callbacks") and isinstance(value, str):
             value = [value]
         if name == "family_options" and not isinstance(value, dict):
             raise UsageError(f"{p}: family_options must be a table of KEY = VALUE settings")

@@ -155,6 +155,8 @@ class Trainer:
         self.prepare_progress = prepare_progress
         self.out = Path(config.out)
         self.metrics: list[dict[str, Any]] = []
+        self.callbacks: dict[str, Any] = {}  # name -> callback, chosen with --callback (main process)
+        self.failed_callbacks: dict[str, str] = {}  # name -> the error that disabled it
         self.stop_signal: str | None = None
         self.best_eval_loss: float | None = None
         self.best_step: int | None = None
@@ -520,16 +522,16 @@ class Trainer:
     def _start_outputs(self) -> None:
         """run.json (status running), the display, callbacks and metrics.jsonl."""
         self.out.mkdir(parents=True, exist_ok=True)
+        self.callbacks = _callbacks(self.config.callbacks) if self.is_main else {}
         if self.is_main:
             ckpt.clean_temporary(self.out)
             write_json_atomic(self.out / "run.json", self._run_record(status="running"))
         self.display = (
             self.display_factory(self.is_main) if self.display_factory and not self.quiet else SilentDisplay()
         )
-        self.callbacks = _callbacks() if self.is_main else []
         plan = self.plan()
         self.display.start(plan)
-        self._callback("on_train_begin", plan)
+        self._callback("on_train_begin", self.callback_info(plan))
         self.metrics_file = None
         if self.is_main:
             from lmctl.workflows.runs import open_metrics_log
@@ -566,7 +568,17 @@ class Trainer:
         result.metrics = self.metrics
         if self.is_main:
             write_json_atomic(self.out / "run.json", self._run_record(status=result.interrupted or "finished", result=result))
-        self._callback("on_train_end", {"steps": step, "interrupted": result.interrupted, "out": str(self.out)})
+        self._callback(
+            "on_train_end",
+            {
+                "steps": step,
+                "interrupted": result.interrupted,
+                "out": str(self.out),
+                "model": self.accelerator.unwrap_model(self.model),
+                "final_eval": result.final_eval,
+                "final_train_loss": result.final_train_loss,
+            },
+        )
         self.display.close()
         if self.metrics_file:
             self.metrics_file.close()
@@ -716,15 +728,53 @@ class Trainer:
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
     def _callback(self, method: str, info: dict[str, Any]) -> None:
-        for callback in list(self.callbacks):
+        for name, callback in list(self.callbacks.items()):
             fn = getattr(callback, method, None)
             if fn is None:
                 continue
             try:
                 fn(dict(info))
             except Exception as exc:  # noqa: BLE001 - a broken callback must not end training
-                self.display.message(f"warning: callback {type(callback).__name__}.{method} failed ({exc}); disabled")
-                self.callbacks.remove(callback)
+                self.display.message(f"warning: callback '{name}' ({type(callback).__name__}.{method}) failed ({exc}); disabled")
+                del self.callbacks[name]
+                self.failed_callbacks[name] = f"{method}: {type(exc).__name__}: {exc}"
+
+    def callback_info(self, plan: dict[str, Any]) -> dict[str, Any]:
+        """What ``on_train_begin`` receives: stable machine keys (documented in the
+        ``register_callbacks`` hook; keys are only ever added) plus the dashboard's ``plan``."""
+        c = self.config
+        return {
+            "out": str(self.out),
+            "model": self.accelerator.unwrap_model(self.model),
+            "tokenizer": self.tokenizer,
+            "model_name": c.model,
+            "from_scratch": c.from_scratch,
+            "family": self.family.name,
+            "family_options": self.options.values(),
+            "parameters": self.n_params,
+            "device": str(self.accelerator.device),
+            "world_size": self.world,
+            "precision": self.precision,
+            "block_size": self.block_size,
+            "micro_batch": self.micro_batch,
+            "grad_accum": self.grad_accum,
+            "global_batch": self.global_batch,
+            "tokens_per_step": self.global_batch * self.block_size,
+            "optimizer_steps": self.total_steps,
+            "start_step": self.start_step,
+            "tokens_per_epoch": len(self.train_source) * self.block_size,
+            "lr": self.lr,
+            "min_lr": self.min_lr,
+            "schedule": c.schedule,
+            "warmup_steps": self.warmup,
+            "eval_every": self.eval_every,
+            "save_every": self.save_every,
+            "seed": c.seed,
+            "resumed_from": getattr(self, "resumed_from", None),
+            "callbacks": list(self.callbacks),
+            "config": c.to_dict(),
+            "plan": dict(plan),
+        }
 
     def save_checkpoint(self, step: int) -> Path | None:
         """Write ``checkpoints/step-N`` atomically (all processes take part; the main one writes)."""
@@ -756,7 +806,7 @@ class Trainer:
                 ) from None
             protect = {self.best_step} if self.best_step else set()
             ckpt.prune(self.out, self.config.keep_last, protect)
-            self._callback("on_save", {"step": step, "path": str(final)})
+            self._callback("on_save", {"step": step, "path": str(final), "out": str(self.out)})
         acc.wait_for_everyone()
         return final
 
@@ -846,6 +896,9 @@ class Trainer:
                 "data": str(self.data.path.resolve()),
                 "data_hash": prepared_data_hash(self.data),
             },
+            # The callbacks that ran (chosen with --callback), and those disabled by an error.
+            "callbacks": list(getattr(self, "callbacks", {})) + list(getattr(self, "failed_callbacks", {})),
+            "callbacks_failed": dict(getattr(self, "failed_callbacks", {})),
             "versions": library_versions(),
         }
         if result is not None:
@@ -938,10 +991,11 @@ DisplayFactory = Callable[[bool], Any]
 """``factory(main_process) -> display``: the CLI's dashboard for the main process."""
 
 
-def _callbacks() -> list[Any]:
-    from lmctl.plugins.registry import get_registry
+def _callbacks(names: list[str]) -> dict[str, Any]:
+    """The callbacks the run chose by name (``--callback NAME``); none by default."""
+    from lmctl.plugins.registry import select_callbacks
 
-    return list(get_registry().callbacks)
+    return select_callbacks(names)
 
 
 # --- entry point ----------------------------------------------------------------------------------
@@ -959,6 +1013,7 @@ def train(
     from lmctl.core.hub import apply_offline
 
     config.validate()
+    _callbacks(config.callbacks)  # an unknown --callback fails before any work
     apply_offline(config.offline)
     check_inputs(config)
     if config.num_processes > 1 and "LOCAL_RANK" not in os.environ and "RANK" not in os.environ:
