@@ -38,6 +38,7 @@ from bench_train import NANOGPT_ARGS, SHAKESPEARE  # noqa: E402
 from common import REPO, build_corpus, machine, run_measured, write_section  # noqa: E402
 
 WORKLOADS = ("train", "prepare", "nanogpt")
+CPU_SECONDS: dict[str, dict[str, list[float]]] = {}  # workload -> side -> CPU seconds of each process
 
 
 def checkout(revision: str | None, where: Path) -> Path:
@@ -50,7 +51,9 @@ def checkout(revision: str | None, where: Path) -> Path:
 
 
 def lmctl_env(tree: Path, cache: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(tree), "LMCTL_CACHE": str(cache)}
+    # PASSIVE: idle OpenMP threads sleep instead of spinning, so on a machine shared with other work
+    # neither side's time depends on how long its threads spun (the same setting for both sides).
+    return {**os.environ, "PYTHONPATH": str(tree), "LMCTL_CACHE": str(cache), "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def lmctl(*args: str) -> list[str]:
@@ -66,6 +69,7 @@ def measure_train(tree: Path, work: Path, data: Path, steps: int, tag: str) -> f
     result = run_measured(lmctl("train", *shape, "--train", str(data), "--out", str(out)), env=lmctl_env(tree, work / "cache"))
     if result.get("returncode"):
         raise SystemExit(f"train failed in {tree}: {result['stderr'][-2000:]}")
+    CPU_SECONDS.setdefault("train", {}).setdefault(tag.split("-")[0], []).append(result["cpu_seconds"])
     return json.loads((out / "run.json").read_text())["result"]["tokens_per_s"]
 
 
@@ -75,6 +79,7 @@ def measure_prepare(tree: Path, work: Path, corpus: Path, tokenizer: Path, tag: 
                                 "--out", str(out), "--force"), env=lmctl_env(tree, work / "cache"))  # fmt: skip
     if result.get("returncode"):
         raise SystemExit(f"prepare failed in {tree}: {result['stderr'][-2000:]}")
+    CPU_SECONDS.setdefault("prepare", {}).setdefault(tag.split("-")[0], []).append(result["cpu_seconds"])
     return result["seconds"]
 
 
@@ -87,6 +92,7 @@ def measure_nanogpt(tree: Path, work: Path, tag: str) -> tuple[float, float]:
     result = run_measured(lmctl("train", *NANOGPT_ARGS, "--train", str(SHAKESPEARE), "--out", str(out), "--quiet"), env=env)
     if result.get("returncode"):
         raise SystemExit(f"nanoGPT run failed in {tree}: {result['stderr'][-2000:]}")
+    CPU_SECONDS.setdefault("nanogpt", {}).setdefault(tag.split("-")[0], []).append(result["cpu_seconds"])
     record = json.loads((out / "run.json").read_text())
     return result["seconds"], record["result"]["final_eval"]["loss"]
 
@@ -148,19 +154,23 @@ def main(argv: list[str] | None = None) -> int:
         "## Before and after a change",
         "",
         f"Command: `{cmd}` on {machine()}. BASE = `{args.base}`, NEW = `{new_name}`; {args.pairs} interleaved pairs, "
-        "each side a separate process; the ratio is NEW/BASE per pair (>= 1 means NEW is as fast or faster), median over pairs.",
+        "each side a separate process with OMP_WAIT_POLICY=PASSIVE; the ratio is NEW/BASE per pair (>= 1 means NEW is "
+        "as fast or faster), median over pairs; the last column compares the processes' CPU time (user + system), "
+        "which drifting load from other work disturbs less than wall time.",
         "",
-        "| workload | BASE (median) | NEW (median) | NEW/BASE per pair | median ratio |",
-        "| --- | --- | --- | --- | --- |",
+        "| workload | BASE (median) | NEW (median) | NEW/BASE per pair | median ratio | CPU-time ratio (BASE/NEW) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     units = {"train": ("tokens/s", True), "prepare": ("s", False), "nanogpt": ("s", False)}
     for workload in only:
         unit, higher = units[workload]
         r = ratios(workload, higher)
         base_med, new_med = statistics.median(figures[workload]["base"]), statistics.median(figures[workload]["new"])
+        cpu = CPU_SECONDS.get(workload, {})
+        cpu_ratio = [b / n for b, n in zip(cpu.get("base", []), cpu.get("new", []), strict=False)]
         lines.append(
             f"| {workload} | {base_med:,.1f} {unit} | {new_med:,.1f} {unit} | {', '.join(f'{x:.3f}' for x in r)} | "
-            f"**{statistics.median(r):.3f}** |"
+            f"**{statistics.median(r):.3f}** | {statistics.median(cpu_ratio):.3f} |"
         )
     if "nanogpt" in only:
         lines += ["", f"nanoGPT validation loss (whole split): BASE {sorted(set(round(x, 4) for x in extra['base']))}, "
