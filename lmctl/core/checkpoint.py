@@ -157,47 +157,44 @@ def load_optimizer(optimizer: Any, path: Path) -> None:
         raise UsageError(f"the optimizer state in {path} does not fit this model ({exc}); the config changed") from None
 
 
-def save_rng(path: Path, rank: int, collate_generator: Any) -> None:
-    import random
-
-    import torch
+def write_rng(path: Path, rank: int, state: dict[str, Any]) -> None:
+    """Process ``rank``'s RNG state (:func:`lmctl.core.sharding.rng_state`) as ``rng-R.safetensors`` + ``rng-R.json``.
+    The main process writes every rank's state (gathered over the process group), so no other
+    process writes into its directory: machines need no shared filesystem."""
     from safetensors.torch import save_file
 
-    tensors = {"torch": torch.get_rng_state(), "collate": collate_generator.get_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"cuda.{i}"] = s
+    tensors = {"torch": state["torch"], "collate": state["collate"]}
+    for i, s in enumerate(state.get("cuda") or []):
+        tensors[f"cuda.{i}"] = s
     save_file(tensors, str(path / f"rng-{rank}.safetensors"))
-    version, internal, gauss = random.getstate()
+    version, internal, gauss = state["python"]
     (path / f"rng-{rank}.json").write_text(json.dumps({"python": [version, list(internal), gauss]}))
 
 
-def load_rng(path: Path, rank: int, collate_generator: Any) -> None:
-    import random
-
-    import torch
+def read_rng(path: Path, rank: int) -> dict[str, Any] | None:
+    """Process ``rank``'s saved RNG state; None when the checkpoint was written by fewer processes."""
     from safetensors.torch import load_file
 
     file = path / f"rng-{rank}.safetensors"
     if not file.is_file():
-        raise UsageError(f"{path} has no RNG state for process {rank}: it was written with fewer processes")
+        return None
     try:
         tensors = load_file(str(file))
-        torch_state, collate_state = tensors["torch"], tensors["collate"]
+        state: dict[str, Any] = {"torch": tensors["torch"], "collate": tensors["collate"]}
     except Exception as exc:  # noqa: BLE001 - any damage reads the same to the user
         raise damaged(path, file.name, exc) from None
     try:
         python = json.loads((path / f"rng-{rank}.json").read_text())["python"]
-        python_state = (python[0], tuple(python[1]), python[2])
+        state["python"] = (python[0], tuple(python[1]), python[2])
     except Exception as exc:  # noqa: BLE001
         raise damaged(path, f"rng-{rank}.json", exc) from None
-    torch.set_rng_state(torch_state)
-    collate_generator.set_state(collate_state)
-    if torch.cuda.is_available():
-        states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
-        if states:
-            torch.cuda.set_rng_state_all(states)
-    random.setstate(python_state)
+    state["cuda"] = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
+    return state
+
+
+def saved_rng_ranks(path: Path) -> int:
+    """How many processes' RNG states a checkpoint holds."""
+    return len(list(path.glob("rng-*.safetensors")))
 
 
 def load_model_weights(model: Any, directory: Path) -> None:
