@@ -44,7 +44,7 @@ def lmctl(*args, cwd):
 
 def finish(*procs):
     outputs = [proc.communicate(timeout=600) for proc in procs]
-    for proc, (_out, err) in zip(procs, outputs):
+    for proc, (_out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err[-3000:]
     return outputs
 
@@ -250,7 +250,7 @@ def test_fsdp_lora_and_activation_checkpointing_on_two_processes(tmp_path):
         results[mode] = json.loads(out.read_text())
     single, fsdp = results["single"], results["fsdp"]
     assert fsdp["trainable_sharded"] > 0 and fsdp["local_bytes"] < 0.6 * fsdp["full_bytes"]
-    assert max(abs(a - b) for a, b in zip(single["losses"], fsdp["losses"])) < 1e-5
+    assert max(abs(a - b) for a, b in zip(single["losses"], fsdp["losses"], strict=True)) < 1e-5
     assert fsdp["losses"][-1] < fsdp["losses"][0]
 
 
@@ -296,3 +296,43 @@ if rank == 0:
 if world > 1:
     dist.destroy_process_group()
 '''
+
+
+def test_fsdp_fine_tunes_a_pretrained_llama_read_by_process_0_only(tmp_path, prepared, tokenizer_for):
+    """Process 1 builds the model on the meta device and receives its shards from process 0; the
+    rotary buffers, in no state dict, are rebuilt.  The curve matches DDP, where both read it."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tokenizer_for("causal")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+    ))  # fmt: skip
+    pretrained = tmp_path / "llama"
+    model.save_pretrained(pretrained)
+    tokenizer.save_pretrained(pretrained)
+    args = ["--model", str(pretrained), "--train", str(prepared), "--max-steps", "4", "--block-size", "32", "--batch-size", "4",
+            "--log-every", "1", "--eval-every", "0", "--lr", "1e-3", "--dropout", "0", "--precision", "fp32", "--quiet",
+            "--num-processes", "2"]  # fmt: skip
+    run(*args, "--out", str(tmp_path / "ddp"), cwd=tmp_path)
+    run(*args, "--strategy", "fsdp", "--out", str(tmp_path / "fsdp"), cwd=tmp_path)
+    one, two = losses(tmp_path / "ddp"), losses(tmp_path / "fsdp")
+    assert sorted(one) == sorted(two) == [1, 2, 3, 4]
+    assert max(abs(one[s] - two[s]) for s in one) < 1e-4
+    assert max_diff(tmp_path / "ddp", tmp_path / "fsdp") < 1e-4
+
+
+def test_machines_with_different_data_refuse_to_train(tmp_path, prepared, tokenizer_for):
+    other = write_prepared(tmp_path / "other", tokenizer_for("causal"), "causal", corpus_text(40_000)[10_000:])
+    port = str(free_port())
+    procs = []
+    for rank, data in enumerate((prepared, other)):
+        args = [arg if arg != str(prepared) else str(data) for arg in common(prepared)]
+        procs.append(lmctl(*args, "--batch-size", "4", "--num-machines", "2", "--machine-rank", str(rank), "--main-process-ip",
+                           "127.0.0.1", "--main-process-port", port, "--out", str(tmp_path / f"m{rank}"), cwd=tmp_path))  # fmt: skip
+    outputs = [proc.communicate(timeout=600) for proc in procs]
+    assert all(proc.returncode != 0 for proc in procs)
+    assert "the processes read different training data" in outputs[0][1], outputs[0][1][-2000:]
+    assert not (tmp_path / "m0" / "metrics.jsonl").exists()

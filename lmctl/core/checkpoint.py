@@ -7,8 +7,15 @@
 * ``optimizer.safetensors`` + ``optimizer.json``: the optimizer state as tensors and plain JSON
   (no pickle);
 * ``rng-R.safetensors`` + ``rng-R.json`` per process R: torch, CUDA, collator and Python RNG states;
-* ``trainer_state.json``: step, samples seen, gradient-accumulation phase, best eval, the config
-  fingerprint that resuming checks.  It is written last.
+* ``trainer_state.json``: step, samples seen, gradient-accumulation phase, world size, layout
+  (``whole`` or ``sharded``), best eval, the config fingerprint that resuming checks.  It is written last.
+
+With ``--strategy fsdp`` the model and optimizer are sharded instead (``layout: sharded``):
+``__R.metadata`` + ``__R_0.distcp`` per process R (torch.distributed.checkpoint), each machine
+holding its own processes' files, and a merged ``.metadata`` where all are in one directory (see
+:mod:`lmctl.core.sharding`).  Only the main process writes the model, optimizer and RNG files of a
+``whole`` checkpoint (the RNG states of all processes are gathered to it), so machines need no
+shared filesystem.
 
 Every checkpoint is written to ``checkpoints/.tmp-step-N-PID`` and renamed into place, so a
 killed process never leaves a half-written ``step-N`` that ``--resume auto`` would pick.

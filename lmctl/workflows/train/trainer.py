@@ -817,7 +817,8 @@ class Trainer:
                 # wraps): a family's own output layer (the fused cross-entropy) runs in bf16 too.
                 with acc.autocast():
                     out = self.family.compute_loss(self.model, batch, self.options)
-                acc.backward(out.loss / self.grad_accum)
+                # DeepSpeed's engine divides by its own gradient_accumulation_steps (set to ours).
+                acc.backward(out.loss if self.strategy.name == "deepspeed" else out.loss / self.grad_accum)
             step_loss += out.loss.detach() / self.grad_accum
             for key, value in out.metrics.items():
                 extra[key] = extra.get(key, 0.0) + value.detach().float() / self.grad_accum
@@ -825,6 +826,8 @@ class Trainer:
             grad_norm = clip_grad_norm(self.model.parameters(), self.config.grad_clip)
         elif self.config.grad_clip > 0:
             grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            if grad_norm is None:  # DeepSpeed clips inside its engine and reports no norm here
+                grad_norm = torch.zeros((), device=acc.device)
         else:
             grad_norm = torch.zeros((), device=acc.device)
         return step_loss, grad_norm, extra
