@@ -615,12 +615,12 @@ class Trainer:
     # ------------------------------------------------------------------ plan
     def plan(self) -> dict[str, Any]:
         tokens_per_step = self.global_batch * self.block_size
-        return {
+        plan = {
             "model": self.config.model + (" (from scratch)" if self.config.from_scratch else ""),
             "family": self.family.name,
             "parameters": self.n_params,
             "device": f"{self.accelerator.device} x {self.world}",
-            "strategy": self.strategy.describe() if self.world > 1 or self.strategy.name != "ddp" else "one process",
+            "strategy": self.strategy.describe(),
             "processes": self._processes_line(),
             "parameter bytes": self._parameter_bytes_line(),
             "precision": self.precision,
@@ -636,6 +636,10 @@ class Trainer:
             "resume from": (getattr(self, "resumed_from", None) or "-")
             + (f" ({self.elastic_note})" if getattr(self, "elastic_note", None) else ""),
         }
+        if self.world == 1 and self.strategy.name == "ddp" and not self.asked_world:  # one process: nothing to spread
+            for key in ("strategy", "processes", "parameter bytes"):
+                del plan[key]
+        return plan
 
     def _processes_line(self) -> str:
         machines = self.config.num_machines if self.world > 1 else 1
