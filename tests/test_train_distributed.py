@@ -202,10 +202,11 @@ def test_two_machines_fsdp_keep_each_shard_on_its_machine(tmp_path, prepared):
     assert max_diff(tmp_path / "machine0", tmp_path / "one") < 1e-4
 
 
-def test_accelerate_fsdp2_config_trains_with_fsdp(tmp_path, prepared):
+def test_accelerate_fsdp2_config_trains_with_fsdp_and_activation_checkpointing(tmp_path, prepared):
     config = tmp_path / "fsdp2.yaml"
     config.write_text(
         "compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\nfsdp_config:\n  fsdp_version: 2\n"
+        "  fsdp_activation_checkpointing: true\n"
         "  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP\n  fsdp_reshard_after_forward: true\n"
         "  fsdp_state_dict_type: SHARDED_STATE_DICT\nmixed_precision: 'no'\nnum_machines: 1\nnum_processes: 2\nuse_cpu: false\n"
     )
@@ -221,7 +222,14 @@ def test_accelerate_fsdp2_config_trains_with_fsdp(tmp_path, prepared):
     assert completed.returncode == 0, completed.stderr[-3000:]
     resolved = json.loads((out / "run.json").read_text())["resolved"]
     assert resolved["strategy"] == "fsdp" and resolved["strategy_source"] == "the accelerate config"
+    assert resolved["strategy_settings"] == ["activation checkpointing"]
     assert resolved["world_size"] == 2 and max(resolved["parameter_bytes_per_process"]) < resolved["parameter_bytes"]
+    # The same curve as one process with the whole batch, without checkpointing.
+    one = tmp_path / "one"
+    run(*args, "--tokenizer", str(prepared / "tokenizer"), "--max-steps", "4", "--batch-size", "8", "--out", str(one), cwd=tmp_path)
+    a, b = losses(out), losses(one)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    assert max(abs(a[s] - b[s]) for s in a) < 1e-4
 
 
 def test_accelerate_launch_without_multi_gpu_is_refused(tmp_path, prepared):
@@ -255,6 +263,7 @@ def test_fsdp_lora_and_activation_checkpointing_on_two_processes(tmp_path):
     assert fsdp["trainable_sharded"] > 0 and fsdp["local_bytes"] < 0.6 * fsdp["full_bytes"]
     assert max(abs(a - b) for a, b in zip(single["losses"], fsdp["losses"], strict=True)) < 1e-5
     assert fsdp["losses"][-1] < fsdp["losses"][0]
+    assert fsdp["consolidated_diff"] < 1e-5 and not fsdp["plain_is_sharded"]
 
 
 LORA_SCRIPT = '''
@@ -292,10 +301,21 @@ for step in range(3):
     if world > 1:
         dist.all_reduce(value); value /= world
     losses.append(float(value))
+# The consolidated model (gathered on rank 0, rebuilt unsharded) predicts what the trained one does.
+state = sharding.full_model_state(model) if world > 1 else model.state_dict()
+model.eval()
+with torch.no_grad():
+    logits = model(input_ids=data[:2]).logits  # every rank the same input (a sharded forward is collective)
 if rank == 0:
     from torch.distributed.tensor import DTensor
+    plain = sharding.unsharded_copy(model, state) if world > 1 else model
+    plain.eval()
+    with torch.no_grad():
+        plain_logits = plain(input_ids=data[:2]).logits
     json.dump({"losses": losses, "local_bytes": local, "full_bytes": full,
-               "trainable_sharded": sum(isinstance(p, DTensor) for p in params)}, open(out, "w"))
+               "trainable_sharded": sum(isinstance(p, DTensor) for p in params),
+               "consolidated_diff": float((plain_logits - logits).abs().max()),
+               "plain_is_sharded": any(isinstance(p, DTensor) for p in plain.parameters())}, open(out, "w"))
 if world > 1:
     dist.destroy_process_group()
 '''

@@ -144,13 +144,23 @@ def unsharded_copy(model: Any, state: dict[str, Any]) -> Any:
     import torch
     from torch.distributed.fsdp import FSDPModule
 
-    cls = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
     with torch.device("meta"):
-        plain = cls(model.config)
+        if getattr(model, "peft_config", None):  # a peft wrapper: the base model, wrapped again the same way
+            from peft import get_peft_model
+
+            base = model.get_base_model()
+            base_cls = next(c for c in type(base).__mro__ if not issubclass(c, FSDPModule))
+            name = getattr(model, "active_adapter", "default")
+            plain = get_peft_model(base_cls(base.config), model.peft_config[name], adapter_name=name)
+        else:
+            cls = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+            plain = cls(model.config)
     plain.load_state_dict(state, assign=True, strict=False)
     reinit_nonpersistent_buffers(plain)
     if getattr(plain, "tie_weights", None):
         plain.tie_weights()
+    elif hasattr(plain, "get_base_model"):
+        plain.get_base_model().tie_weights()
     missing = [n for n, p in plain.named_parameters() if p.is_meta]
     if missing:
         raise RuntimeError(f"the gathered state misses {missing[:3]}")
