@@ -15,7 +15,8 @@ With ``--strategy fsdp`` the model and optimizer are sharded instead (``layout: 
 holding its own processes' files, and a merged ``.metadata`` where all are in one directory (see
 :mod:`lmctl.core.sharding`).  Only the main process writes the model, optimizer and RNG files of a
 ``whole`` checkpoint (the RNG states of all processes are gathered to it), so machines need no
-shared filesystem.
+shared filesystem.  DCP's ``.metadata`` files are pickles (torch's format): the one exception to
+"no unpickling", so sharded checkpoints are for resuming your own runs.
 
 Every checkpoint is written to ``checkpoints/.tmp-step-N-PID`` and renamed into place, so a
 killed process never leaves a half-written ``step-N`` that ``--resume auto`` would pick.

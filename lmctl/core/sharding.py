@@ -223,6 +223,7 @@ def merge_rank_metadata(directory: Path, world: int) -> None:
     """Join the ``__R.metadata`` of all ``world`` ranks into the global ``.metadata``; refuse (one
     line) when a rank's files are missing, instead of silently loading part of the model."""
     import torch
+    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
     files = [directory / f"__{rank}.metadata" for rank in range(world)]
@@ -234,7 +235,8 @@ def merge_rank_metadata(directory: Path, world: int) -> None:
             f"{directory} lacks {', '.join(missing[:4])}: resuming on another number of processes needs every "
             f"machine's files; copy the {directory.name} directories of all {world} processes' machines into one"
         )
-    parts = [pickle.loads(f.read_bytes()) for f in files]  # noqa: S301 - files this run wrote itself
+    # torch's own reader (DCP metadata is a pickle: resume only from checkpoints you wrote).
+    parts = [dcp.FileSystemReader(str(directory)).read_metadata(rank=rank) for rank in range(world)]
     items: dict[str, Any] = {}
     storage: dict[Any, Any] = {}
     for part in parts:

@@ -620,7 +620,8 @@ class Trainer:
             "family": self.family.name,
             "parameters": self.n_params,
             "device": f"{self.accelerator.device} x {self.world}",
-            "strategy": self.strategy.describe(),
+            "strategy": self.strategy.describe()
+            + ("; one process: nothing to shard, checkpoints in the sharded format" if self.strategy.name == "fsdp" and not self.sharded else ""),
             "processes": self._processes_line(),
             "parameter bytes": self._parameter_bytes_line(),
             "precision": self.precision,
