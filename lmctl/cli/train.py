@@ -19,7 +19,8 @@ HELP = """Train a model (any family) on raw text files or a prepared directory.
 
 Fine-tune: lmctl train --model gpt2 --train file.txt --out runs/ft
 From scratch: lmctl train --model gpt2 --from-scratch --model-config n_layer=4 --train file.txt
-Resume: add --resume auto.  Several processes: --num-processes 2 (or accelerate launch -m lmctl train ...).
+Resume: add --resume auto.  Several processes: --num-processes 2 [--strategy fsdp] (or accelerate launch -m lmctl train ...).
+Several machines: --num-machines 2 --machine-rank R --main-process-ip HOST on each (docs/scale.md).
 """
 
 
@@ -70,6 +71,11 @@ def train_command(
     precision: Optional[str] = typer.Option(None, help=help_with_default("precision"), rich_help_panel='Devices'),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help=field_help("compile") + " [default: no-compile]", rich_help_panel='Devices'),
     num_processes: Optional[int] = typer.Option(None, help=help_with_default("num_processes"), rich_help_panel='Devices'),
+    strategy: Optional[str] = typer.Option(None, help=help_with_default("strategy"), rich_help_panel='Devices'),
+    num_machines: Optional[int] = typer.Option(None, help=help_with_default("num_machines"), rich_help_panel='Devices'),
+    machine_rank: Optional[int] = typer.Option(None, help=help_with_default("machine_rank"), rich_help_panel='Devices'),
+    main_process_ip: Optional[str] = typer.Option(None, help=field_help("main_process_ip"), rich_help_panel='Devices'),
+    main_process_port: Optional[int] = typer.Option(None, help=help_with_default("main_process_port"), rich_help_panel='Devices'),
     eval_every: Optional[int] = typer.Option(None, help=field_help("eval_every"), rich_help_panel='Evaluation and checkpoints'),
     eval_batches: Optional[int] = typer.Option(None, help=help_with_default("eval_batches"), rich_help_panel='Evaluation and checkpoints'),
     save_every: Optional[int] = typer.Option(None, help=field_help("save_every"), rich_help_panel='Evaluation and checkpoints'),
@@ -109,6 +115,9 @@ def train_command(
     result = run_training(config, quiet=quiet, display=make_train_display, prepare_progress=PrepareProgress("auto"))
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under a multi-process launch only the main process reports
+    if config.machine_rank != 0:  # machine 0 writes the model, checkpoints and metrics
+        typer.echo(f"machine {config.machine_rank} finished; machine 0 saved the run in its --out", err=True)
+        return
     if result.interrupted in ("SIGINT", "SIGTERM"):
         typer.echo(
             f"interrupted at step {result.steps}; checkpoint saved in {Path(config.out) / 'checkpoints'}; "

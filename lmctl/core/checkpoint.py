@@ -7,8 +7,16 @@
 * ``optimizer.safetensors`` + ``optimizer.json``: the optimizer state as tensors and plain JSON
   (no pickle);
 * ``rng-R.safetensors`` + ``rng-R.json`` per process R: torch, CUDA, collator and Python RNG states;
-* ``trainer_state.json``: step, samples seen, gradient-accumulation phase, best eval, the config
-  fingerprint that resuming checks.  It is written last.
+* ``trainer_state.json``: step, samples seen, gradient-accumulation phase, world size, layout
+  (``whole`` or ``sharded``), best eval, the config fingerprint that resuming checks.  It is written last.
+
+With ``--strategy fsdp`` the model and optimizer are sharded instead (``layout: sharded``):
+``__R.metadata`` + ``__R_0.distcp`` per process R (torch.distributed.checkpoint), each machine
+holding its own processes' files, and a merged ``.metadata`` where all are in one directory (see
+:mod:`lmctl.core.sharding`).  Only the main process writes the model, optimizer and RNG files of a
+``whole`` checkpoint (the RNG states of all processes are gathered to it), so machines need no
+shared filesystem.  DCP's ``.metadata`` files are pickles (torch's format): the one exception to
+"no unpickling", so sharded checkpoints are for resuming your own runs.
 
 Every checkpoint is written to ``checkpoints/.tmp-step-N-PID`` and renamed into place, so a
 killed process never leaves a half-written ``step-N`` that ``--resume auto`` would pick.
@@ -157,47 +165,44 @@ def load_optimizer(optimizer: Any, path: Path) -> None:
         raise UsageError(f"the optimizer state in {path} does not fit this model ({exc}); the config changed") from None
 
 
-def save_rng(path: Path, rank: int, collate_generator: Any) -> None:
-    import random
-
-    import torch
+def write_rng(path: Path, rank: int, state: dict[str, Any]) -> None:
+    """Process ``rank``'s RNG state (:func:`lmctl.core.sharding.rng_state`) as ``rng-R.safetensors`` + ``rng-R.json``.
+    The main process writes every rank's state (gathered over the process group), so no other
+    process writes into its directory: machines need no shared filesystem."""
     from safetensors.torch import save_file
 
-    tensors = {"torch": torch.get_rng_state(), "collate": collate_generator.get_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"cuda.{i}"] = s
+    tensors = {"torch": state["torch"], "collate": state["collate"]}
+    for i, s in enumerate(state.get("cuda") or []):
+        tensors[f"cuda.{i}"] = s
     save_file(tensors, str(path / f"rng-{rank}.safetensors"))
-    version, internal, gauss = random.getstate()
+    version, internal, gauss = state["python"]
     (path / f"rng-{rank}.json").write_text(json.dumps({"python": [version, list(internal), gauss]}))
 
 
-def load_rng(path: Path, rank: int, collate_generator: Any) -> None:
-    import random
-
-    import torch
+def read_rng(path: Path, rank: int) -> dict[str, Any] | None:
+    """Process ``rank``'s saved RNG state; None when the checkpoint was written by fewer processes."""
     from safetensors.torch import load_file
 
     file = path / f"rng-{rank}.safetensors"
     if not file.is_file():
-        raise UsageError(f"{path} has no RNG state for process {rank}: it was written with fewer processes")
+        return None
     try:
         tensors = load_file(str(file))
-        torch_state, collate_state = tensors["torch"], tensors["collate"]
+        state: dict[str, Any] = {"torch": tensors["torch"], "collate": tensors["collate"]}
     except Exception as exc:  # noqa: BLE001 - any damage reads the same to the user
         raise damaged(path, file.name, exc) from None
     try:
         python = json.loads((path / f"rng-{rank}.json").read_text())["python"]
-        python_state = (python[0], tuple(python[1]), python[2])
+        state["python"] = (python[0], tuple(python[1]), python[2])
     except Exception as exc:  # noqa: BLE001
         raise damaged(path, f"rng-{rank}.json", exc) from None
-    torch.set_rng_state(torch_state)
-    collate_generator.set_state(collate_state)
-    if torch.cuda.is_available():
-        states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
-        if states:
-            torch.cuda.set_rng_state_all(states)
-    random.setstate(python_state)
+    state["cuda"] = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
+    return state
+
+
+def saved_rng_ranks(path: Path) -> int:
+    """How many processes' RNG states a checkpoint holds."""
+    return len(list(path.glob("rng-*.safetensors")))
 
 
 def load_model_weights(model: Any, directory: Path) -> None:

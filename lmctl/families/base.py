@@ -313,6 +313,21 @@ class Family(ABC):
             ),
         )
 
+    def load_pretrained_empty(self, name_or_path: str, *, trust_remote_code: bool = False) -> Any | None:
+        """The pretrained model's architecture on the meta device, without reading its weights (FSDP:
+        only rank 0 reads them, the others receive their shards).  None when this family loads
+        something :meth:`load_pretrained` does not describe; the weights are then read on every rank."""
+        if type(self).load_pretrained is not Family.load_pretrained:
+            return None
+        import torch
+        from transformers import AutoConfig
+
+        from lmctl.core.hub import hub_call
+
+        config = hub_call(name_or_path, lambda: AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code))
+        with torch.device("meta"):
+            return self.auto_model_class().from_config(config, trust_remote_code=trust_remote_code, dtype=torch.float32)
+
     def build_config(
         self,
         architecture: str,

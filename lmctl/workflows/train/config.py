@@ -61,7 +61,12 @@ class TrainConfig:
     # --- speed ---------------------------------------------------------------------------------
     precision: str = config_field("auto", "auto, fp32, bf16 or fp16 (auto: bf16 where the hardware has it and it is faster).")
     compile: bool = config_field(False, "torch.compile the model (faster steps after a compile pause).")
-    num_processes: int = config_field(1, "Processes to launch through Accelerate (DDP); 1 runs in this process.")
+    num_processes: int = config_field(1, "Processes to start on this machine (one per GPU; on CPUs gloo processes); 1 runs in this process.")
+    strategy: str = config_field("ddp", "How several processes share the work: ddp (a whole copy of the model each), fsdp (parameters, gradients and optimizer sharded; FSDP2), or deepspeed (ZeRO through Accelerate; needs CUDA).")
+    num_machines: int = config_field(1, "Machines taking part; run the same command on each with its own --machine-rank.")
+    machine_rank: int = config_field(0, "This machine's number, 0 to --num-machines - 1 (0 writes the model, checkpoints and metrics).")
+    main_process_ip: str | None = config_field(None, "Address of machine 0, reachable from the others (several machines).")
+    main_process_port: int = config_field(29500, "Port on machine 0 for the processes to meet (several machines).")
     # --- evaluation, checkpoints, logging ------------------------------------------------------
     eval_every: int | None = config_field(None, "Evaluate every N optimizer steps (0 disables; default: 10 times per run).")
     eval_batches: int = config_field(20, "Batches per evaluation during training (the final evaluation uses all).")
@@ -128,6 +133,14 @@ class TrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must not be negative, got {value}")
         if self.mlm_probability is not None and not 0 < self.mlm_probability < 1:
             raise UsageError(f"--mlm-probability must be between 0 and 1, got {self.mlm_probability}")
+        if self.strategy not in ("ddp", "fsdp", "deepspeed"):
+            raise UsageError(f"--strategy must be ddp, fsdp or deepspeed, got {self.strategy!r}")
+        if self.num_machines < 1 or not 0 <= self.machine_rank < self.num_machines:
+            raise UsageError(
+                f"--machine-rank must be between 0 and --num-machines - 1 ({self.num_machines - 1}), got {self.machine_rank}"
+            )
+        if self.num_machines > 1 and not self.main_process_ip:
+            raise UsageError("--num-machines > 1 needs --main-process-ip: the address of machine 0")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise UsageError("--grad-clip and --weight-decay must not be negative")
 

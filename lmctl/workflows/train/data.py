@@ -133,7 +133,9 @@ def resolve_data(
         line_by_line=config.line_by_line,
         text_column=config.text_column,
     )
-    with accelerator.main_process_first():
+    # The main process prepares first; then, on machines that do not share its cache, each
+    # machine's first process; the others find the result in their machine's cache.
+    with accelerator.main_process_first(), accelerator.local_main_process_first():
         path = prepare_cached(prepare_config, progress=progress if accelerator.is_main_process else None)
     return PreparedData(path)
 

@@ -49,6 +49,14 @@ from lmctl.workflows.train.config import TrainConfig
 from lmctl.workflows.train.data import BatchSource, ExampleOrder, prepared_data_hash, resolve_data
 from lmctl.workflows.train.launch import install_signal_handlers, launch_processes, restore_signal_handlers
 from lmctl.workflows.train.result import TrainResult
+from lmctl.workflows.train.strategy import (
+    asked_world_size,
+    check_deepspeed_can_run,
+    check_world_size,
+    deepspeed_plugin,
+    elastic_batch,
+    resolve_strategy,
+)
 
 # Settings that must not change between a run and its resumption.
 FINGERPRINT_KEYS = (
@@ -169,15 +177,37 @@ class Trainer:
         """Build everything the loop needs, in order; each step is a method below."""
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         quiet_libraries()
+        self._setup_strategy()  # first: a request that cannot run is refused before anything is built
         model = self._setup_family()  # a pretrained model first: its tokenizer and limit shape the data
         self._setup_data(model)
         model = self._setup_model(model)
         self._setup_precision(model)
         self._setup_accelerator()
         self._setup_schedule()
+        model = self._setup_sharding(model)  # after the model is final (adapters, checkpointing)
         self._setup_optimizer(model)
         self._setup_resume()
         self._prepare_for_training()
+
+    def _setup_strategy(self) -> None:
+        """DDP, FSDP or DeepSpeed: asked with --strategy or by an accelerate config; refused in one
+        line when it cannot run here, never silently replaced (see :mod:`strategy`)."""
+        config = self.config
+        self.strategy = resolve_strategy(config.strategy)
+        if self.strategy.name == "fsdp":
+            # lmctl shards the model itself; Accelerate would ignore the request (CPU), raise
+            # (version 1) or wrap the model a second time (GPU).
+            os.environ["ACCELERATE_USE_FSDP"] = "false"
+        if self.strategy.name == "deepspeed":
+            check_deepspeed_can_run()
+        self.launch_world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.launch_rank = int(os.environ.get("RANK", "0"))
+        self.asked_world = asked_world_size(config.num_processes, config.num_machines)
+        check_world_size(self.asked_world, self.launch_world)
+        if self.strategy.name == "fsdp" and config.precision == "fp16":
+            raise UsageError("--strategy fsdp trains in fp32 or bf16: use --precision bf16 (fp16 needs a sharded loss scaler)")
+        if self.strategy.name == "fsdp" and config.compile:
+            raise UsageError("--compile is not supported with --strategy fsdp yet: leave it out")
 
     def _setup_family(self) -> Any:
         """The family, its options, and the pretrained model (None when training from scratch)."""
@@ -193,7 +223,11 @@ class Trainer:
             self.family = family
             self.options = family_options(config, family)
             model = None
-            if not config.from_scratch:
+            if not config.from_scratch and self._reads_weights_on_main_only():
+                # FSDP: rank 0 reads the weights; the others build the architecture on the meta
+                # device and receive their shards from it when the model is sharded.
+                model = family.load_pretrained_empty(config.model, trust_remote_code=config.trust_remote_code)
+            if not config.from_scratch and model is None:
                 model = family.load_pretrained(config.model, trust_remote_code=config.trust_remote_code)
         except HubUnavailableError as exc:
             raise LmctlError(f"{exc}, or --from-scratch to build the architecture without weights") from None
@@ -204,6 +238,9 @@ class Trainer:
         family.check_block_size(block_size, model)
         self.block_size = block_size
         return model
+
+    def _reads_weights_on_main_only(self) -> bool:
+        return self.strategy.name == "fsdp" and self.launch_world > 1 and self.launch_rank != 0
 
     def _setup_data(self, model: Any) -> None:
         """The process layout, the prepared data (raw files are prepared into the cache once) and its tokenizer."""
@@ -219,6 +256,21 @@ class Trainer:
         self.state = PartialState(cpu=self.use_cpu)
         self.data = resolve_data(config, family, tokenizer_source, self.block_size, self.state, self.prepare_progress)
         self.tokenizer = self.data.load_tokenizer()
+        self._check_same_data()
+
+    def _check_same_data(self) -> None:
+        """Each machine reads its own copy of the data: all must hold the same, or the run is refused."""
+        from lmctl.core.sharding import all_gather
+
+        if self.state.num_processes == 1:
+            return
+        hashes = all_gather(prepared_data_hash(self.data))
+        if len(set(hashes)) > 1:
+            differing = [rank for rank, h in enumerate(hashes) if h != hashes[0]]
+            raise LmctlError(
+                f"the processes read different training data (data hash {hashes[0]} on process 0, "
+                f"{hashes[differing[0]]} on process {differing[0]}): give every machine the same files"
+            )
 
     def _setup_model(self, model: Any) -> Any:
         """The model from scratch (seeded), or the pretrained one with the requested dropout."""
@@ -278,7 +330,7 @@ class Trainer:
         if saved_precision and requested == "auto":
             self.precision = saved_precision  # a resumed run keeps the precision it started with
             self.precision_source = "checkpoint"
-        elif should_measure(requested, state.device, self.n_params):
+        elif should_measure(requested, state.device, self.n_params) and not self._reads_weights_on_main_only():
             shape = {
                 "family": self.family.name, "model_type": getattr(model.config, "model_type", "?"),
                 "parameters": self.n_params, "layers": getattr(model.config, "num_hidden_layers", None),
@@ -315,11 +367,15 @@ class Trainer:
         # mixed_precision: forget the previous run's settings (the process layout is kept), so
         # train() can run again in the same process (notebooks, tests) with another precision.
         AcceleratorState._reset_state()
+        plugin = None
+        if self.strategy.name == "deepspeed":
+            plugin = deepspeed_plugin(self.strategy, self.config.grad_accum, self.config.grad_clip)
         self.accelerator = Accelerator(
             cpu=self.use_cpu,
             mixed_precision=mixed,
             log_with=self.report_to or None,
             project_dir=str(self.out) if self.report_to else None,
+            deepspeed_plugin=plugin,
         )
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
@@ -344,6 +400,7 @@ class Trainer:
         self.micro_batch = config.batch_size
         self.grad_accum = config.grad_accum
         self.global_batch = self.micro_batch * self.grad_accum * self.world
+        self._keep_checkpoint_batch()
         steps_per_epoch = len(self.train_source) / self.global_batch
         if config.max_steps:
             self.total_steps = config.max_steps
@@ -356,6 +413,48 @@ class Trainer:
         if self.val_split is None:
             self.eval_every = 0
         self.save_every = config.save_every if config.save_every is not None else self.eval_every
+
+    def _keep_checkpoint_batch(self) -> None:
+        """Elastic resume: a checkpoint written by N processes resumes on M keeping its global batch
+        (and so its data order, a function of the position only): micro-batch x accumulation are
+        re-derived for M processes."""
+        saved = self._saved_state()
+        if not saved or saved.get("world_size", self.world) == self.world:
+            return
+        saved_batch = saved.get("fingerprint", {}).get("global_batch")
+        if not saved_batch or saved_batch == self.global_batch:
+            return
+        self.micro_batch, self.grad_accum = elastic_batch(saved_batch, self.world, self.config.batch_size)
+        self.global_batch = saved_batch
+        self.elastic_note = (
+            f"resumed on {self.world} process(es) from a {saved['world_size']}-process checkpoint: "
+            f"{self.micro_batch} x {self.grad_accum} accum x {self.world} proc keeps its global batch of {saved_batch}"
+        )
+
+    def _setup_sharding(self, model: Any) -> Any:
+        """FSDP: ``fully_shard`` each block then the root, on every device (Accelerate ignores FSDP
+        on CPUs); where only rank 0 read the weights, the others receive their shards now."""
+        from lmctl.core.sharding import dist_ready, materialize_and_broadcast, parameter_bytes, shard_model
+
+        self.sharded = self.strategy.name == "fsdp" and dist_ready()
+        self.sharded_layout = self.strategy.name == "fsdp"  # checkpoints: DCP shards, even from 1 process
+        if self.strategy.activation_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.sharded:
+            if not any(p.is_meta for p in model.parameters()):  # meta: materialized after sharding
+                model.to(self.accelerator.device)
+            model.float()  # every rank the same dtype: the shards are reduced together
+            weights_from_main = not self.config.from_scratch
+            full_state = model.state_dict() if weights_from_main and self.rank == 0 else None
+            shard_model(model, reshard_after_forward=self.strategy.reshard_after_forward, block_names=self.strategy.block_names)
+            if weights_from_main:
+                materialize_and_broadcast(model, full_state, self.accelerator.device)
+                del full_state
+        local, full = parameter_bytes(model)
+        from lmctl.core.sharding import all_gather
+
+        self.parameter_bytes = {"per_process": all_gather(local), "model": full}
+        return model
 
     def _setup_optimizer(self, model: Any) -> None:
         import torch
@@ -382,7 +481,8 @@ class Trainer:
 
         if self.config.compile:
             self.model = torch.compile(self.model)
-        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if not self.sharded:  # a sharded model is already spread over the processes: no DDP wrapper
+            self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.model.train()
         if self.report_to:
             settings = {k: v for k, v in self.config.to_dict().items() if isinstance(v, (int, float, str, bool))}
@@ -390,13 +490,30 @@ class Trainer:
 
     def _saved_precision(self, config: TrainConfig) -> str | None:
         """The precision a checkpoint being resumed was trained in (None when not resuming)."""
-        if not config.resume:
+        saved = self._saved_state()
+        return saved.get("precision") if saved else None
+
+    def _saved_state(self) -> dict[str, Any] | None:
+        """The trainer state of the checkpoint being resumed (None when not resuming), read by the
+        main process (other machines may have no copy of it) and sent to all."""
+        from lmctl.core.sharding import broadcast_from_main
+
+        if not self.config.resume:
             return None
-        try:
-            path = ckpt.find_resume_checkpoint(self.out, config.resume)
-        except UsageError:
-            return None  # reported properly when resuming
-        return ckpt.read_state(path).get("precision")
+        if getattr(self, "_resume_found", None) is None:
+            found: dict[str, Any] | None = None
+            if self.state.is_main_process:
+                try:
+                    path = ckpt.find_resume_checkpoint(self.out, self.config.resume)
+                    found = {"path": str(path), "state": ckpt.read_state(path)}
+                except LmctlError as exc:
+                    found = {"error": str(exc), "usage": isinstance(exc, UsageError)}
+            found = broadcast_from_main(found)
+            assert found is not None
+            if "error" in found:
+                raise (UsageError if found["usage"] else LmctlError)(found["error"])
+            self._resume_found = found
+        return dict(self._resume_found["state"], path=self._resume_found["path"])
 
     def _probe_step(self, model: Any, tokenizer: Any, block_size: int, precision: str) -> float:
         """Seconds for one forward/backward pass on the first training examples (for --precision auto).
@@ -439,30 +556,90 @@ class Trainer:
         }  # fmt: skip
 
     def _resume(self, resume: str) -> None:
-        path = ckpt.find_resume_checkpoint(self.out, resume)
-        state = ckpt.read_state(path)
+        state = self._saved_state()
+        assert state is not None
+        path = Path(state["path"])
         saved = state.get("fingerprint", {})
         changed = [k for k in FINGERPRINT_KEYS if saved.get(k) != self.fingerprint.get(k)]
         if changed:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {self.fingerprint.get(k)!r}" for k in changed[:4])
             raise UsageError(f"cannot resume from {path}: the run config changed ({details}); start a new --out")
-        self.family.load_weights(self.model, path)
-        ckpt.load_optimizer(self.optimizer, path)
-        ckpt.load_rng(path, self.rank, self.collate_generator)
+        layout = state.get("layout", "whole")
+        wanted = "sharded" if self.strategy.name == "fsdp" else "whole"
+        if layout != wanted:
+            written = "--strategy fsdp" if layout == "sharded" else "--strategy ddp"
+            raise UsageError(f"{path} was written with {written}: resume it with {written}")
+        if self.strategy.name == "deepspeed":
+            raise UsageError("resuming a DeepSpeed run is not supported by lmctl yet: resume with --strategy ddp or fsdp")
+        if layout == "sharded":
+            self._load_sharded_checkpoint(path, state)
+        else:
+            self._load_whole_checkpoint(path)
+        self._load_rng(path, int(state["step"]))
         self.start_step = int(state["step"])
         self.best_eval_loss = state.get("best_eval_loss")
         self.best_step = state.get("best_step")
         self.evals_without_improvement = int(state.get("evals_without_improvement", 0))
         self.resumed_from = str(path)
 
+    def _load_whole_checkpoint(self, path: Path) -> None:
+        """DDP: the main process reads the weights and optimizer (other machines have no copy) and
+        sends them to the other processes over the process group."""
+        from lmctl.core.sharding import broadcast_module, broadcast_optimizer
+
+        if self.is_main:
+            self.family.load_weights(self.model, path)
+            ckpt.load_optimizer(self.optimizer, path)
+        if self.world > 1:
+            broadcast_module(self.model)
+            broadcast_optimizer(self.optimizer, self.accelerator.device)
+
+    def _load_sharded_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
+        """FSDP: every process reads its own shard from its machine's copy of the checkpoint (or
+        re-shards a checkpoint of another process count, from one directory holding all shards)."""
+        from lmctl.core.sharding import all_gather, load_sharded
+
+        local = path if self.config.resume != "auto" else ckpt.checkpoints_dir(self.out) / path.name
+        present = all_gather(local.is_dir())
+        if not all(present):
+            missing = [rank for rank, ok in enumerate(present) if not ok]
+            raise UsageError(
+                f"process {missing[0]} has no {local}: each machine resumes from its own --out, which must hold "
+                f"this step's checkpoint"
+            )
+        load_sharded(self.model, self.optimizer, local, saved_world=int(state.get("world_size", 1)))
+
+    def _load_rng(self, path: Path, step: int) -> None:
+        """Every process's RNG state, read by the main process and handed out; a process the
+        checkpoint did not have (more processes now) starts from seed, step and rank."""
+        import torch
+
+        from lmctl.core.sharding import broadcast_from_main, set_rng_state
+
+        states = None
+        if self.is_main:
+            states = [ckpt.read_rng(path, rank) for rank in range(max(self.world, ckpt.saved_rng_ranks(path)))]
+        states = broadcast_from_main(states)
+        mine = states[self.rank] if self.rank < len(states) else None
+        if mine is not None:
+            set_rng_state(mine, self.collate_generator)
+        else:
+            seed = self.config.seed + 1_000_003 * (self.rank + 1) + step
+            torch.manual_seed(seed)
+            self.collate_generator.manual_seed(seed)
+
     # ------------------------------------------------------------------ plan
     def plan(self) -> dict[str, Any]:
         tokens_per_step = self.global_batch * self.block_size
-        return {
+        plan = {
             "model": self.config.model + (" (from scratch)" if self.config.from_scratch else ""),
             "family": self.family.name,
             "parameters": self.n_params,
             "device": f"{self.accelerator.device} x {self.world}",
+            "strategy": self.strategy.describe()
+            + ("; one process: nothing to shard, checkpoints in the sharded format" if self.strategy.name == "fsdp" and not self.sharded else ""),
+            "processes": self._processes_line(),
+            "parameter bytes": self._parameter_bytes_line(),
             "precision": self.precision,
             "block size": self.block_size,
             "batch": f"{self.micro_batch} x {self.grad_accum} accum x {self.world} proc = {self.global_batch} seq",
@@ -473,8 +650,27 @@ class Trainer:
             "lr": f"{self.lr:g} -> {self.min_lr:g} ({self.config.schedule}), warmup {self.warmup}",
             "eval": f"every {self.eval_every} steps, {self.config.eval_batches} batches" if self.eval_every else "off",
             "save": f"every {self.save_every} steps, keep {self.config.keep_last}" if self.save_every else "at the end",
-            "resume from": getattr(self, "resumed_from", None) or "-",
+            "resume from": (getattr(self, "resumed_from", None) or "-")
+            + (f" ({self.elastic_note})" if getattr(self, "elastic_note", None) else ""),
         }
+        if self.world == 1 and self.strategy.name == "ddp" and not self.asked_world:  # one process: nothing to spread
+            for key in ("strategy", "processes", "parameter bytes"):
+                del plan[key]
+        return plan
+
+    def _processes_line(self) -> str:
+        machines = self.config.num_machines if self.world > 1 else 1
+        text = f"{self.world} on {machines} machine{'s' if machines > 1 else ''}"
+        if self.asked_world and self.asked_world != self.world:
+            text += f" (asked for {self.asked_world}: the launcher started {self.world})"
+        return text
+
+    def _parameter_bytes_line(self) -> str:
+        per_process = self.parameter_bytes["per_process"]
+        full = self.parameter_bytes["model"]
+        if len(set(per_process)) == 1:
+            return f"{per_process[0]:,} per process of {full:,}"
+        return f"{', '.join(f'{b:,}' for b in per_process)} per process of {full:,}"
 
     # ------------------------------------------------------------------ loop
     def run(self) -> TrainResult:
@@ -521,10 +717,12 @@ class Trainer:
 
     def _start_outputs(self) -> None:
         """run.json (status running), the display, callbacks and metrics.jsonl."""
-        self.out.mkdir(parents=True, exist_ok=True)
         self.callbacks = _callbacks(self.config.callbacks) if self.is_main else {}
-        if self.is_main:
+        if self.is_main or (self.sharded_layout and self.accelerator.is_local_main_process):
+            self.out.mkdir(parents=True, exist_ok=True)
             ckpt.clean_temporary(self.out)
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
             write_json_atomic(self.out / "run.json", self._run_record(status="running"))
         self.display = (
             self.display_factory(self.is_main) if self.display_factory and not self.quiet else SilentDisplay()
@@ -632,6 +830,8 @@ class Trainer:
     def _accumulate(self, step: int) -> tuple[Any, Any, dict[str, Any]]:
         import torch
 
+        from lmctl.core.sharding import clip_grad_norm, set_gradient_sync
+
         acc = self.accelerator
         step_loss = torch.zeros((), device=acc.device)
         extra: dict[str, Any] = {}
@@ -641,18 +841,28 @@ class Trainer:
             input_ids, mask = self.train_source.batch(*self.order.indices(start, self.micro_batch))
             batch = self.collate(input_ids, mask, self.collate_generator)
             batch = {k: self._to_device(v) for k, v in batch.items()}
-            sync = contextlib.nullcontext() if micro == self.grad_accum - 1 else acc.no_sync(self.model)
+            last = micro == self.grad_accum - 1
+            if self.sharded:
+                set_gradient_sync(self.model, last)  # reduce-scatter on the last micro-batch only
+                sync: Any = contextlib.nullcontext()
+            else:
+                sync = contextlib.nullcontext() if last else acc.no_sync(self.model)
             with sync:
                 # The whole loss under autocast, not only the model's forward (which Accelerate
                 # wraps): a family's own output layer (the fused cross-entropy) runs in bf16 too.
                 with acc.autocast():
                     out = self.family.compute_loss(self.model, batch, self.options)
-                acc.backward(out.loss / self.grad_accum)
+                # DeepSpeed's engine divides by its own gradient_accumulation_steps (set to ours).
+                acc.backward(out.loss if self.strategy.name == "deepspeed" else out.loss / self.grad_accum)
             step_loss += out.loss.detach() / self.grad_accum
             for key, value in out.metrics.items():
                 extra[key] = extra.get(key, 0.0) + value.detach().float() / self.grad_accum
-        if self.config.grad_clip > 0:
+        if self.config.grad_clip > 0 and self.sharded:
+            grad_norm = clip_grad_norm(self.model.parameters(), self.config.grad_clip)
+        elif self.config.grad_clip > 0:
             grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            if grad_norm is None:  # DeepSpeed clips inside its engine and reports no norm here
+                grad_norm = torch.zeros((), device=acc.device)
         else:
             grad_norm = torch.zeros((), device=acc.device)
         return step_loss, grad_norm, extra
@@ -777,48 +987,109 @@ class Trainer:
         }
 
     def save_checkpoint(self, step: int) -> Path | None:
-        """Write ``checkpoints/step-N`` atomically (all processes take part; the main one writes)."""
+        """Write ``checkpoints/step-N`` atomically.  Whole weights (DDP): the main process alone
+        writes, with every process's RNG state gathered to it, so other machines need no shared
+        filesystem.  Sharded (FSDP): every process writes its shard into its machine's --out."""
+        from lmctl.core.sharding import gather_to_main, rng_state, save_sharded
+
         acc = self.accelerator
         acc.wait_for_everyone()
-        tmp = ckpt.temporary_dir(self.out, step) if self.is_main else None
-        # Every process writes its own RNG state into the main process's temporary directory.
-        tmp_name = [str(tmp) if tmp else ""]
-        if self.world > 1:
-            from accelerate.utils import broadcast_object_list
-
-            broadcast_object_list(tmp_name)
-        ckpt.save_rng(Path(tmp_name[0]), self.rank, self.collate_generator)
-        acc.wait_for_everyone()
+        rng_states = gather_to_main(rng_state(self.collate_generator))
+        tmp, writes = self._checkpoint_tmp(step)
+        failure = None
+        try:
+            if self.sharded_layout:
+                assert tmp is not None or not writes
+                save_sharded(self.model, self.optimizer, tmp)
+        except OSError as exc:
+            failure = exc
+        failed = self._any_process(failure is not None)
         final = None
-        if self.is_main:
-            assert tmp is not None
+        if writes and tmp is not None:
             try:
-                self._write_checkpoint(tmp, step)
+                if failed:
+                    raise failure or OSError("another process could not write its shard")
+                self._write_checkpoint(tmp, step, rng_states)
                 final = ckpt.commit(tmp, self.out, step)
             except OSError as exc:
                 # A failed save (disk full, quota, I/O error) must not touch the previous checkpoints.
                 shutil.rmtree(tmp, ignore_errors=True)
-                previous = ckpt.list_checkpoints(self.out)
-                kept = f"; {previous[-1][1]} is intact" if previous else ""
-                raise LmctlError(
-                    f"could not save the checkpoint of step {step} ({exc.strerror or exc}){kept}: "
-                    "free some disk space and resume with --resume auto"
-                ) from None
-            protect = {self.best_step} if self.best_step else set()
-            ckpt.prune(self.out, self.config.keep_last, protect)
-            self._callback("on_save", {"step": step, "path": str(final), "out": str(self.out)})
+                failure = exc
+            else:
+                protect = {self.best_step} if self.best_step else set()
+                ckpt.prune(self.out, self.config.keep_last, protect)
+                if self.is_main:
+                    self._callback("on_save", {"step": step, "path": str(final), "out": str(self.out)})
+        if self._any_process(failure is not None):
+            previous = ckpt.list_checkpoints(self.out)
+            kept = f"; {previous[-1][1]} is intact" if previous else ""
+            reason = (failure.strerror or str(failure)) if isinstance(failure, OSError) else "another process failed"
+            raise LmctlError(
+                f"could not save the checkpoint of step {step} ({reason}){kept}: "
+                "free some disk space and resume with --resume auto"
+            ) from None
         acc.wait_for_everyone()
         return final
 
-    def _write_checkpoint(self, tmp: Path, step: int) -> None:
-        self.family.save(self.accelerator.unwrap_model(self.model), self.tokenizer, tmp)
-        optimizer = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
-        ckpt.save_optimizer(optimizer, tmp)
+    def _any_process(self, flag: bool) -> bool:
+        from lmctl.core.sharding import all_gather
+
+        return any(all_gather(flag)) if self.world > 1 else flag
+
+    def _checkpoint_tmp(self, step: int) -> tuple[Path | None, bool]:
+        """The temporary directory this process writes into, and whether it commits it.  Whole
+        weights: the main process's own.  Sharded: one per machine, shared by its processes; the
+        main process makes it and marks it with a token, and a machine that does not see the token
+        has its own filesystem and makes its own (several machines without a shared filesystem)."""
+        import uuid
+
+        from lmctl.core.sharding import broadcast_from_main
+
+        if not self.sharded:
+            return (ckpt.temporary_dir(self.out, step) if self.is_main else None), self.is_main
+        tmp = ckpt.checkpoints_dir(self.out) / f".tmp-step-{step}"
+        token = uuid.uuid4().hex if self.is_main else None
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            (tmp / ".owner").write_text(token or "")
+        token = broadcast_from_main(token)
+        self.accelerator.wait_for_everyone()
+        writes = self.is_main
+        if self.accelerator.is_local_main_process and not self.is_main:
+            owner = tmp / ".owner"
+            if not (owner.is_file() and owner.read_text() == token):  # this machine has its own --out
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                writes = True
+        self.accelerator.wait_for_everyone()
+        return tmp, writes
+
+    def _write_checkpoint(self, tmp: Path, step: int, rng_states: list[Any] | None = None) -> None:
+        from lmctl.core.sharding import merge_rank_metadata, rng_state
+
+        (tmp / ".owner").unlink(missing_ok=True)
+        if self.sharded_layout:
+            if all((tmp / f"__{rank}.metadata").is_file() for rank in range(self.world)):
+                # Every shard is here (one machine, or a shared filesystem): the global metadata
+                # lets this checkpoint resume on another number of processes.
+                merge_rank_metadata(tmp, self.world)
+        else:
+            self.family.save(self.accelerator.unwrap_model(self.model), self.tokenizer, tmp)
+            if self.strategy.name != "deepspeed":
+                optimizer = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+                ckpt.save_optimizer(optimizer, tmp)
+        for rank, rng in enumerate(rng_states or ([rng_state(self.collate_generator)] if self.is_main else [])):
+            ckpt.write_rng(tmp, rank, rng)
         state = {
             "step": step,
             "samples_seen": step * self.global_batch,
             "accumulation_phase": 0,  # checkpoints are taken between optimizer steps only
             "world_size": self.world,
+            "strategy": self.strategy.name,
+            "layout": "sharded" if self.sharded_layout else "whole",
+            "micro_batch": self.micro_batch,
+            "grad_accum": self.grad_accum,
             "best_eval_loss": self.best_eval_loss,
             "best_step": self.best_step,
             "evals_without_improvement": self.evals_without_improvement,
@@ -833,13 +1104,21 @@ class Trainer:
         """The final model as a plain Hugging Face directory in OUT, plus the model card."""
         acc = self.accelerator
         acc.wait_for_everyone()
+        model = acc.unwrap_model(self.model)
+        if self.sharded:  # consolidated: the shards gathered on the main process (a collective)
+            from lmctl.core.sharding import full_model_state, unsharded_copy
+
+            state = full_model_state(model)
+            if self.is_main:
+                model = unsharded_copy(model, state)
+            del state
         if not self.is_main:
             return
         tmp = self.out / f".final-tmp-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
         try:
-            self.family.save(acc.unwrap_model(self.model), self.tokenizer, tmp)
+            self.family.save(model, self.tokenizer, tmp)
             (tmp / "README.md").write_text(model_card(self, result))
             ckpt.fsync_tree(tmp)
         except OSError as exc:
@@ -892,6 +1171,16 @@ class Trainer:
                 "precision_timings_s": self.precision_timings,
                 "precision_source": self.precision_source,
                 "world_size": self.world,
+                "micro_batch": self.micro_batch,
+                "grad_accum": self.grad_accum,
+                "global_batch": self.global_batch,
+                "asked_world_size": self.asked_world,
+                "strategy": self.strategy.name,
+                "strategy_source": self.strategy.source,
+                "strategy_settings": self.strategy.settings,
+                "num_machines": self.config.num_machines if self.world > 1 else 1,
+                "parameter_bytes_per_process": self.parameter_bytes["per_process"],
+                "parameter_bytes": self.parameter_bytes["model"],
                 "parameters": self.n_params,
                 "data": str(self.data.path.resolve()),
                 "data_hash": prepared_data_hash(self.data),
@@ -1016,11 +1305,17 @@ def train(
     _callbacks(config.callbacks)  # an unknown --callback fails before any work
     apply_offline(config.offline)
     check_inputs(config)
-    if config.num_processes > 1 and "LOCAL_RANK" not in os.environ and "RANK" not in os.environ:
+    launched = "LOCAL_RANK" in os.environ or "RANK" in os.environ
+    if (config.num_processes > 1 or config.num_machines > 1) and not launched:
         return launch_processes(config)
     trainer = Trainer(config, quiet=quiet, display=display, prepare_progress=None if quiet else prepare_progress)
-    trainer.setup()
-    return trainer.run()
+    launcher_fsdp = os.environ.get("ACCELERATE_USE_FSDP")  # masked while lmctl shards (see _setup_strategy)
+    try:
+        trainer.setup()
+        return trainer.run()
+    finally:
+        if launcher_fsdp is not None:
+            os.environ["ACCELERATE_USE_FSDP"] = launcher_fsdp
 
 
 def check_inputs(config: TrainConfig) -> None:
