@@ -312,6 +312,24 @@ def sliding_step(context: int, max_new_tokens: int) -> int:
     return max(1, min(max_new_tokens, context // 2))
 
 
+def warn_sliding_window(
+    prompts: Sequence[Sequence[int]], *, context: int | None, max_new_tokens: int, truncate: bool, warn: Warn
+) -> None:
+    """Say once when the text will outgrow the model's positions: it is then generated in a
+    sliding window (see :func:`_generate_rows`), so later tokens no longer see the beginning."""
+    if context is None or not truncate or not prompts:
+        return
+    longest = max(len(ids) for ids in prompts)
+    if longest + max_new_tokens <= context:
+        return
+    step = sliding_step(context, max_new_tokens)
+    warn(
+        f"--max-new-tokens {max_new_tokens} runs past the model's {context} positions: the text is generated in a "
+        f"sliding window, {step} tokens at a time, each step reading only the latest {context - step} tokens "
+        "(--no-truncate refuses instead)"
+    )
+
+
 def fit_prompt(
     ids: list[int], *, context: int | None, max_new_tokens: int, truncate: bool, number: int, warn: Warn
 ) -> list[int]:
@@ -637,6 +655,8 @@ def generate_text(
     context = context_length(model)
     bos_id = model.generation_config.bos_token_id
     bos_id = bos_id if isinstance(bos_id, int) else tokenizer.bos_token_id
+    raw = encode_prompts(tokenizer, prompts, bos_id=bos_id)
+    warn_sliding_window(raw, context=context, max_new_tokens=kwargs["max_new_tokens"], truncate=settings.truncate, warn=warn)
     encoded = [
         fit_prompt(
             ids,
@@ -646,7 +666,7 @@ def generate_text(
             number=number,
             warn=warn,
         )
-        for number, ids in enumerate(encode_prompts(tokenizer, prompts, bos_id=bos_id), start=1)
+        for number, ids in enumerate(raw, start=1)
     ]
     if padding is None:
         padding = family_pads_batches(model)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lmctl.errors import LmctlError
+from lmctl.errors import LmctlError, UsageError
 from lmctl.workflows.train.config import TrainConfig
 from lmctl.workflows.train.result import TrainResult
 
@@ -43,10 +43,14 @@ def restore_signal_handlers(previous: dict[int, Any]) -> None:
 def launch_processes(config: TrainConfig) -> TrainResult:
     """``--num-processes N``: re-run this training under N processes (torch's elastic launcher on
     CPU, ``accelerate launch`` where GPUs exist), then read back the result."""
+    import contextlib
     import subprocess
     import tempfile
 
     import torch
+
+    from lmctl.core.run_lock import HELD_ENV
+    from lmctl.errors import ERROR_FILE_ENV
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,19 +58,27 @@ def launch_processes(config: TrainConfig) -> TrainResult:
     with tempfile.NamedTemporaryFile("w", suffix=".json", dir=out, prefix=".launch-", delete=False) as handle:
         json.dump(settings, handle)
         config_path = handle.name
+    error_file = config_path[: -len(".json")] + ".error"
     try:
-        if torch.cuda.is_available():
-            launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(config.num_processes)]
+        kind = "accelerate" if torch.cuda.is_available() else "torchrun"
+        if kind == "accelerate":
+            launcher = ["--num_processes", str(config.num_processes)]
         else:
-            launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(config.num_processes)]
-        command = [*launcher, "-m", "lmctl", "train", "--config", config_path]
+            launcher = ["--standalone", "--nproc_per_node", str(config.num_processes)]
+        # Through quiet_launcher (below): a failing worker must not end in the launcher's own
+        # traceback and log lines, once per worker.
+        command = [sys.executable, "-m", "lmctl.workflows.train.launch", kind, *launcher, "-m", "lmctl", "train", "--config", config_path]
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // config.num_processes)))
+        env[HELD_ENV] = "1"  # this process holds --out for its workers
+        env[ERROR_FILE_ENV] = error_file  # the first failing worker's error line, reported here once
         completed = subprocess.run(command, env=env)
         if completed.returncode != 0:
-            raise LmctlError(f"the {config.num_processes}-process run failed (exit code {completed.returncode}); see its output above")
+            raise worker_error(error_file, config.num_processes, completed.returncode)
     finally:
-        os.unlink(config_path)
+        for path in (config_path, error_file):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
     record = json.loads((out / "run.json").read_text())
     res = record.get("result", {})
     return TrainResult(
@@ -81,3 +93,47 @@ def launch_processes(config: TrainConfig) -> TrainResult:
         wall_seconds=res.get("wall_seconds", 0.0),
         tokens_per_s=res.get("tokens_per_s"),
     )
+
+
+def worker_error(error_file: str, num_processes: int, returncode: int) -> LmctlError:
+    """The first failing worker's one line (and its exit code), else the launcher's exit code."""
+    try:
+        code_text, line = Path(error_file).read_text(encoding="utf-8").split("\n", 1)
+        code = int(code_text)
+    except (OSError, ValueError):
+        return LmctlError(f"the {num_processes}-process run failed (exit code {returncode}); see its output above")
+    error = UsageError(line.strip()) if code == 2 else LmctlError(line.strip())
+    error.exit_code = code
+    return error
+
+
+def quiet_launcher(argv: list[str]) -> int:
+    """``python -m lmctl.workflows.train.launch torchrun|accelerate ARGS``: run torch's elastic
+    launcher (or ``accelerate launch``) in this process with its log lines off, and turn a failed
+    worker into that worker's exit code instead of the launcher's traceback (the worker reported
+    its error itself)."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    for name in ("torch.distributed", "torch.distributed.elastic", "torch.distributed.run"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    kind, rest = argv[0], argv[1:]
+    try:
+        if kind == "accelerate":
+            from accelerate.commands.launch import launch_command, launch_command_parser
+
+            launch_command(launch_command_parser().parse_args(rest))
+        else:
+            from torch.distributed.run import main
+
+            main(rest)
+    except ChildFailedError as exc:
+        _rank, failure = exc.get_first_failure()
+        code = failure.exitcode
+        return 128 - code if code < 0 else code or 1  # killed by a signal: the shell's 128 + N
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(quiet_launcher(sys.argv[1:]))
