@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -158,10 +159,30 @@ def run_lock(
         yield
         return
     acquire(out, command=command, note=note)
+    previous = _exit_on_sigterm()
     try:
         yield
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         release(out)
+
+
+def _exit_on_sigterm() -> Any:
+    """SIGTERM by default ends the process at once, leaving the lock behind; while the lock is
+    held it unwinds instead (``finally`` blocks run: partial outputs removed, lock released).  The
+    trainer installs its own handler for the loop (save a checkpoint, then stop)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+
+    def unwind(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, unwind)
 
 
 def should_hold() -> bool:

@@ -72,9 +72,17 @@ def launch_processes(config: TrainConfig) -> TrainResult:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // config.num_processes)))
         env[HELD_ENV] = "1"  # this process holds --out for its workers
         env[ERROR_FILE_ENV] = error_file  # the first failing worker's error line, reported here once
-        completed = subprocess.run(command, env=env)
-        if completed.returncode != 0:
-            raise worker_error(error_file, config.num_processes, completed.returncode)
+        process = subprocess.Popen(command, env=env)
+        try:
+            returncode = process.wait()
+        except BaseException:
+            # SIGTERM or Ctrl-C here: pass it on and wait (the launcher hands it to the workers,
+            # which save a checkpoint), so no worker outlives the lock this process holds.
+            process.send_signal(signal.SIGTERM)
+            process.wait()
+            raise
+        if returncode != 0:
+            raise worker_error(error_file, config.num_processes, returncode)
     finally:
         for path in (config_path, error_file):
             with contextlib.suppress(FileNotFoundError):
@@ -113,6 +121,7 @@ def quiet_launcher(argv: list[str]) -> int:
     worker into that worker's exit code instead of the launcher's traceback (the worker reported
     its error itself)."""
     import logging
+    import subprocess
 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
@@ -132,6 +141,8 @@ def quiet_launcher(argv: list[str]) -> int:
         _rank, failure = exc.get_first_failure()
         code = failure.exitcode
         return 128 - code if code < 0 else code or 1  # killed by a signal: the shell's 128 + N
+    except subprocess.CalledProcessError as exc:  # accelerate's single-process launcher
+        return exc.returncode or 1
     return 0
 
 
