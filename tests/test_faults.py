@@ -316,3 +316,42 @@ def test_deepspeed_installed_prints_nothing_of_its_own(tmp_path, tiny_model_dir,
         assert done.returncode == 0, (args, done.stderr)
         for noise in ("real_accelerator", "Setting accelerator", "[WARNING]", "DeepSpeed"):
             assert noise not in done.stderr + done.stdout, (args, done.stderr)
+
+
+def test_run_lock_rules(tmp_path, monkeypatch):
+    """The lock's rules on their own: re-entrant in one process, a dead owner on this host taken
+    over with a note, another host's lock refused, only rank 0 and no launched worker holds it."""
+    from lmctl.core import run_lock
+
+    out = tmp_path / "run"
+    lock = out / ".lmctl.lock"
+    with run_lock.run_lock(out, command="outer"):
+        with run_lock.run_lock(out, command="inner"):  # quickstart -> train
+            assert json.loads(lock.read_text())["command"] == "outer"
+        assert lock.exists()
+    assert not lock.exists()
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lock.write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(), "started": time.time(), "command": "lmctl train"}))
+    notes: list[str] = []
+    with run_lock.run_lock(out, note=notes.append):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert len(notes) == 1 and f"pid {gone.pid}" in notes[0] and "taking it over" in notes[0]
+
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": 0}))  # alive
+    with pytest.raises(run_lock.RunLockedError, match="in use by another run"):
+        run_lock.acquire(out)
+    lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": 0}))
+    with pytest.raises(run_lock.RunLockedError, match=r"host elsewhere.*delete .*\.lmctl\.lock"):
+        run_lock.acquire(out)
+    assert json.loads(lock.read_text())["host"] == "elsewhere"  # a refused run leaves it alone
+
+    lock.unlink()
+    monkeypatch.setenv("RANK", "1")
+    with run_lock.run_lock(out):
+        assert not lock.exists()  # rank 0 holds it, not this one
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv(run_lock.HELD_ENV, "1")
+    with run_lock.run_lock(out):
+        assert not lock.exists()  # the launching process holds it

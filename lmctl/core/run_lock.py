@@ -33,6 +33,10 @@ LOCK_NAME = ".lmctl.lock"
 # write into the same run and must not ask for the lock again.
 HELD_ENV = "LMCTL_RUN_LOCK_HELD"
 
+# A lock file without a readable owner line is being written (O_EXCL creates it empty) for this
+# long; after that it is the remains of a crash and counts as stale.
+TORN_GRACE_S = 5.0
+
 _held: dict[Path, int] = {}  # lock path -> nesting depth in this process (quickstart -> train)
 
 
@@ -67,6 +71,13 @@ def _read(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else {}
 
 
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def describe_owner(owner: dict[str, Any]) -> str:
     started = owner.get("started")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
@@ -90,13 +101,17 @@ def acquire(out: str | os.PathLike, *, command: str = "lmctl", note: Callable[[s
     except OSError as exc:
         raise unwritable_directory_error(out, exc) from None
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": command}
-    for _attempt in range(5):
+    deadline = time.monotonic() + TORN_GRACE_S + 5
+    while time.monotonic() < deadline:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             owner = _read(path)
             if owner is None:
                 continue  # released between our two looks: try again
+            if not owner and _age(path) < TORN_GRACE_S:
+                time.sleep(0.05)  # just created, its owner line not written yet: look again
+                continue
             if not _stale(owner):
                 raise RunLockedError(
                     f"{out} is in use by another run ({describe_owner(owner)}); wait for it to end or use "

@@ -312,12 +312,11 @@ def sliding_step(context: int, max_new_tokens: int) -> int:
     return max(1, min(max_new_tokens, context // 2))
 
 
-def warn_sliding_window(
-    prompts: Sequence[Sequence[int]], *, context: int | None, max_new_tokens: int, truncate: bool, warn: Warn
-) -> None:
-    """Say once when the text will outgrow the model's positions: it is then generated in a
-    sliding window (see :func:`_generate_rows`), so later tokens no longer see the beginning."""
-    if context is None or not truncate or not prompts:
+def warn_sliding_window(prompts: Sequence[Sequence[int]], *, context: int | None, max_new_tokens: int, warn: Warn) -> None:
+    """Say once when the text (prompts as :func:`fit_prompt` left them) will outgrow the model's
+    positions: it is then generated in a sliding window (see :func:`_generate_rows`), so later
+    tokens no longer see the beginning."""
+    if context is None or not prompts:
         return
     longest = max(len(ids) for ids in prompts)
     if longest + max_new_tokens <= context:
@@ -655,8 +654,6 @@ def generate_text(
     context = context_length(model)
     bos_id = model.generation_config.bos_token_id
     bos_id = bos_id if isinstance(bos_id, int) else tokenizer.bos_token_id
-    raw = encode_prompts(tokenizer, prompts, bos_id=bos_id)
-    warn_sliding_window(raw, context=context, max_new_tokens=kwargs["max_new_tokens"], truncate=settings.truncate, warn=warn)
     encoded = [
         fit_prompt(
             ids,
@@ -666,8 +663,9 @@ def generate_text(
             number=number,
             warn=warn,
         )
-        for number, ids in enumerate(raw, start=1)
+        for number, ids in enumerate(encode_prompts(tokenizer, prompts, bos_id=bos_id), start=1)
     ]
+    warn_sliding_window(encoded, context=context, max_new_tokens=kwargs["max_new_tokens"], warn=warn)
     if padding is None:
         padding = family_pads_batches(model)
     if settings.seed is not None:
