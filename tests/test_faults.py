@@ -281,6 +281,20 @@ def test_an_error_every_process_hits_is_reported_once(tmp_path, prepared):
     assert not (tmp_path / "run" / ".lmctl.lock").exists()
 
 
+@pytest.mark.multiprocess
+def test_under_an_external_launcher_only_the_first_failing_process_prints(tmp_path, prepared):
+    """torchrun (what `accelerate launch` runs): the launcher's own summary follows, but lmctl's
+    error line appears once, not once per process."""
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lmctl",
+         *TRAIN, "--train", str(prepared), "--out", str(tmp_path / "run"), "--model-config", "n_embd=65"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO), "LMCTL_DEBUG": ""},
+    )  # fmt: skip
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "n_embd=65" in errors[0], done.stderr
+
+
 # --- 8. third-party import noise ------------------------------------------------------------------
 
 
