@@ -33,11 +33,50 @@ def debug_enabled() -> bool:
     return os.environ.get("LMCTL_DEBUG", "").lower() not in ("", "0", "false", "no")
 
 
-def print_error(message: str) -> None:
-    """Print one plain ``error:`` line on stderr (never rich markup: messages carry user text)."""
+# Set by ``lmctl train --num-processes N`` for its workers: the first failing worker writes its
+# exit code and error line there (instead of to stderr), and the launching process reports it once.
+ERROR_FILE_ENV = "LMCTL_ERROR_FILE"
+
+
+def print_error(message: str, code: int = 1) -> None:
+    """Print one plain ``error:`` line on stderr (never rich markup: messages carry user text).
+
+    Under a multi-process launch only the first failing process reports (see :func:`claim_error_report`).
+    """
     first_line = " ".join(str(message).split("\n")).strip()
+    if not claim_error_report(first_line, code):
+        return
     sys.stderr.write(f"error: {first_line}\n")
     sys.stderr.flush()
+
+
+def claim_error_report(line: str, code: int) -> bool:
+    """Whether this process should print its error line.
+
+    A single process always does.  The workers of ``--num-processes`` hand their line to the
+    launching process through ``$LMCTL_ERROR_FILE`` (the first to fail wins) and print nothing.
+    Under an external launch (torchrun, ``accelerate launch``) the first failing worker of the
+    machine prints and the others, which usually fail the same way, stay quiet.
+    """
+    path = os.environ.get(ERROR_FILE_ENV)
+    handed_over = bool(path)
+    if not path:
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or "RANK" not in os.environ:
+            return True
+        import tempfile
+
+        # The workers of one launch on one machine share their parent (the launcher's agent) and port.
+        key = f"{os.getppid()}-{os.environ.get('MASTER_PORT', '')}-{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
+        path = os.path.join(tempfile.gettempdir(), f"lmctl-error-{key}")
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False  # another worker failed first and reported
+    except OSError:
+        return True  # no way to coordinate: better twice than never
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(f"{code}\n{line}\n")
+    return not handed_over
 
 
 def describe_exception(exc: BaseException) -> tuple[str, int]:
@@ -94,7 +133,7 @@ def friendly_errors(fn: F) -> F:
             if debug_enabled():
                 raise
             message, code = describe_exception(exc)
-            print_error(message)
+            print_error(message, code)
             raise typer.Exit(code) from None
 
     return wrapper  # type: ignore[return-value]

@@ -4,9 +4,10 @@ CLI and must end with exit code 2 (usage) or 1 (failure), exactly one ``error:``
 
 Detailed tests of single cases stay next to their command (tests/test_prepare_errors.py,
 tests/test_eval.py, tests/test_generate.py, tests/test_train.py); this table proves the contract
-holds everywhere.  A full disk while saving a checkpoint is covered by
-tests/test_train_faults.py::test_disk_full_during_save_keeps_the_previous_checkpoint (it injects
-ENOSPC into the save path and checks the one-line error and the intact previous checkpoint).
+holds everywhere, and that nothing saved before (under the row's --out and prepare cache) is lost
+or changed.  Faults that need real processes or a real full disk (two runs into one --out, a
+killed run's lock, ENOSPC while saving checkpoints or prepared data, --num-processes errors):
+tests/test_faults.py.
 Untrusted files (pickles, remote code) and offline mode: tests/test_security.py.
 """
 
@@ -27,6 +28,7 @@ from typer.testing import CliRunner
 
 from lmctl.cli.app import add_plugin_commands, app
 from tests.conftest import REPO, corpus_text, train_tokenizer, write_prepared
+from tests.fs_faults import assert_unchanged, read_only_dir, tree_hashes, unmount_all
 
 add_plugin_commands(app)
 HUB_ID = "nonexistent-model-xyz"
@@ -150,6 +152,50 @@ def run_copy(w: World, tmp: Path, damage: str | None = None) -> Path:
     return copy
 
 
+def a_file(tmp: Path) -> Path:
+    (tmp / "afile").write_text("not a directory\n")
+    return tmp / "afile"
+
+
+def symlink_loop(tmp: Path) -> Path:
+    (tmp / "loop.txt").symlink_to("loop.txt")
+    return tmp / "loop.txt"
+
+
+def read_only(tmp: Path) -> Path:
+    """A directory nobody may write to (a read-only mount for root); the row is skipped without one."""
+    directory = read_only_dir(tmp / "read-only")
+    if directory is None:
+        pytest.skip("no way to make a read-only directory here")
+    return directory
+
+
+def merge_without_its_token(w: World, tmp: Path) -> Path:
+    """A copy of the causal tokenizer whose vocabulary lacks the token its first merge makes
+    (tokenizers: "Token `Ġa` out of vocabulary")."""
+    import json
+
+    copy = tmp / "broken-tokenizer"
+    copy.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (w.causal / name).is_file():
+            shutil.copy(w.causal / name, copy / name)
+    data = json.loads((copy / "tokenizer.json").read_text())
+    first = data["model"]["merges"][0]
+    left, right = first if isinstance(first, list) else first.split(" ")
+    del data["model"]["vocab"][left + right]
+    (copy / "tokenizer.json").write_text(json.dumps(data))
+    return copy
+
+
+def locked_by_another_host(w: World, tmp: Path) -> Path:
+    import json
+
+    copy = run_copy(w, tmp)
+    (copy / ".lmctl.lock").write_text(json.dumps({"pid": 1, "host": "other-host", "started": 0, "command": "lmctl train"}))
+    return copy
+
+
 # --- the table ----------------------------------------------------------------------------------
 
 
@@ -161,10 +207,11 @@ class Row:
     needles: tuple[str, ...]  # in the error line ({tmp} is the row's directory)
     absent: tuple[str, ...] = ()  # not in the error line
     subprocess: bool = False  # through `python -m lmctl` (a real process) instead of CliRunner
+    prepares_nothing: bool = False  # found before the slow work: the prepare cache stays empty
 
 
-def row(id, args, code, *needles, absent=(), subprocess=False) -> pytest.param:
-    return pytest.param(Row(id, args, code, needles, absent, subprocess), id=id)
+def row(id, args, code, *needles, absent=(), subprocess=False, prepares_nothing=False) -> pytest.param:
+    return pytest.param(Row(id, args, code, needles, absent, subprocess, prepares_nothing), id=id)
 
 
 P = "prepare"
@@ -292,7 +339,60 @@ ROWS = [
     row("generate/unknown-option", lambda w, t: ["generate", "--model", str(w.causal), "--temperatur", "0.5", "hi"],
         2, "--temperatur", "lmctl generate --help"),
     row("plugins/unknown-subcommand", lambda w, t: ["plugins", "enable", "x"], 2, "enable", "lmctl plugins --help"),
+    # --- faults (issue 20): found before slow work, one line that says what to do ---------------
+    row("train/model-config-not-buildable",
+        lambda w, t: ["train", "--train", str(w.corpus), "--tokenizer", str(w.causal), "--model", "gpt2", "--from-scratch",
+                      "--preset", "tiny", "--model-config", "n_embd=65", "--block-size", "32", "--out", str(t / "r")],
+        2, "'gpt2' model cannot be built", "n_embd=65", "divisible", "change --model-config", prepares_nothing=True),
+    row("train/read-only-out", lambda w, t: train_args(w, "--out", str(read_only(t) / "run")),
+        2, "read-only/run", "choose a directory you can write to", absent=("Errno",)),
+    row("prepare/read-only-out", lambda w, t: [P, "--train", str(w.corpus), "--tokenizer", str(w.causal), *TOK, "--out", str(read_only(t) / "o")],
+        2, "read-only/o", "choose a directory you can write to", absent=("Errno",)),
+    row("train/out-is-a-file", lambda w, t: train_args(w, "--out", str(a_file(t))), 2, "afile is a file", absent=("FileExistsError",)),
+    row("prepare/out-is-a-file", lambda w, t: [P, "--train", str(w.corpus), "--tokenizer", str(w.causal), *TOK, "--out", str(a_file(t))],
+        2, "afile is a file"),
+    row("export/out-is-a-file", lambda w, t: ["export", str(w.run / "checkpoints" / "step-1"), "--out", str(a_file(t))], 2, "afile is a file"),
+    row("prepare/tokenizer-merge-out-of-vocabulary",
+        lambda w, t: [P, "--train", str(w.corpus), "--tokenizer", str(merge_without_its_token(w, t)), *TOK, "--out", str(t / "o")],
+        1, "the tokenizer in", "broken-tokenizer", "out of vocabulary", "pass another --tokenizer", absent=("Exception",)),
+    row("train/tokenizer-merge-out-of-vocabulary",
+        lambda w, t: ["train", "--train", str(w.corpus), "--tokenizer", str(merge_without_its_token(w, t)), "--model", "gpt2",
+                      "--from-scratch", "--preset", "tiny", *TOK, "--out", str(t / "r")],
+        1, "the tokenizer in", "broken-tokenizer", "out of vocabulary", prepares_nothing=True),
+    row("prepare/symlink-loop", lambda w, t: [P, "--train", str(symlink_loop(t)), "--out", str(t / "o")],
+        2, "loop.txt", "too many levels of symbolic links", absent=("not found", "dataset")),
+    row("train/symlink-loop", lambda w, t: ["train", "--train", str(symlink_loop(t)), "--model", "gpt2", "--from-scratch", "--out", str(t / "r")],
+        2, "loop.txt", "too many levels of symbolic links", absent=("not found", "dataset", "ConnectionError")),
+    row("prepare/vocab-size-below-byte-alphabet",
+        lambda w, t: [P, "--train", str(w.corpus), "--tokenizer", "bytelevel-bpe", "--vocab-size", "10", *TOK, "--out", str(t / "o")],
+        2, "--vocab-size 10 is smaller than bytelevel-bpe's alphabet of 256 bytes", "--vocab-size 257 or more"),
+    row("train/vocab-size-below-byte-alphabet",
+        lambda w, t: ["train", "--train", str(w.corpus), "--tokenizer", "bytelevel-bpe", "--vocab-size", "10", "--model", "gpt2",
+                      "--from-scratch", "--preset", "tiny", *TOK, "--out", str(t / "r")],
+        2, "--vocab-size 10 is smaller", prepares_nothing=True),
+    row("train/out-locked-by-another-host", lambda w, t: train_args(w, "--resume", "auto", "--out", str(locked_by_another_host(w, t))),
+        1, "in use by another run", "other-host", "delete", ".lmctl.lock"),
+    row("export/truncated-weights",
+        lambda w, t: ["export", str(run_copy(w, t, "model.safetensors") / "checkpoints" / "step-1"), "--out", str(t / "exported")],
+        1, "model.safetensors is damaged", "truncated", "nothing was exported"),
+    row("export/truncated-weights-into-existing-out",
+        lambda w, t: ["export", str(run_copy(w, t, "model.safetensors") / "checkpoints" / "step-1"), "--out",
+                      str(export_of(w, t)), "--force"],
+        1, "model.safetensors is damaged", "nothing was exported"),
 ]  # fmt: skip
+
+
+def export_of(w: World, tmp: Path) -> Path:
+    """A good export made before the row runs: a failed export over it must leave it as it was."""
+    from lmctl.workflows.export import export_checkpoint
+
+    return export_checkpoint(w.run / "checkpoints" / "step-1", tmp / "exported-before")
+
+
+@pytest.fixture
+def unmount_after():
+    yield
+    unmount_all()
 
 
 @pytest.fixture
@@ -327,8 +427,20 @@ def kernel_refuses_unreadable(monkeypatch):
 
 
 def run_row(r: Row, world: World, tmp: Path) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of the row's command."""
+    """(exit code, stdout, stderr) of the row's command; every file saved before it (under the
+    row's directory, which holds its --out and the prepare cache, and the shared run and data) is
+    checked to be there, unchanged, afterwards."""
     args = r.args(world, tmp)
+    before = tree_hashes(tmp, world.run, world.prepared)
+    code, stdout, stderr = _run_row(r, args, tmp)
+    assert_unchanged(before, tree_hashes(tmp, world.run, world.prepared))
+    if r.prepares_nothing:
+        prepared = tmp / "cache" / "prepared"
+        assert not prepared.exists() or not any(prepared.iterdir()), list(prepared.iterdir())
+    return code, stdout, stderr
+
+
+def _run_row(r: Row, args: list[str], tmp: Path) -> tuple[int, str, str]:
     env = {"HF_HUB_OFFLINE": "1", "LMCTL_CACHE": str(tmp / "cache"), "LMCTL_DEBUG": ""}
     if r.subprocess:
         done = subprocess.run([sys.executable, "-m", "lmctl", *args], capture_output=True, text=True, timeout=300,
@@ -340,7 +452,7 @@ def run_row(r: Row, world: World, tmp: Path) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("r", ROWS)
-def test_bad_input_gives_one_clean_error_line(r: Row, world: World, tmp_path: Path, kernel_refuses_unreadable) -> None:
+def test_bad_input_gives_one_clean_error_line(r: Row, world: World, tmp_path: Path, kernel_refuses_unreadable, unmount_after) -> None:
     code, stdout, stderr = run_row(r, world, tmp_path)
     assert code == r.code, (code, stderr)
     assert "Traceback" not in stdout + stderr
@@ -357,7 +469,7 @@ def test_bad_input_gives_one_clean_error_line(r: Row, world: World, tmp_path: Pa
 
 def test_the_table_covers_every_command():
     commands = {row.values[0].id.split("/")[0] for row in ROWS}
-    assert commands == {"prepare", "train", "eval", "generate", "plugins"}
+    assert commands == {"prepare", "train", "eval", "generate", "plugins", "export"}
 
 
 def test_debug_shows_the_traceback(world, tmp_path):

@@ -47,7 +47,7 @@ def one_line_usage_errors() -> Iterator[None]:
     except typer.TyperException as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `lmctl eval`: Typer shows the help
             raise
-        print_error(click_error_line(exc))
+        print_error(click_error_line(exc), exc.exit_code)
         raise typer.Exit(exc.exit_code) from None
 
 

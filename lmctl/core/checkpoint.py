@@ -250,3 +250,62 @@ def damaged(path: Path, file_name: str, exc: BaseException) -> LmctlError:
     else:
         hint = f"there is no earlier one: delete {path} and train again without --resume"
     return LmctlError(f"checkpoint {path} is damaged: {file_name} cannot be read ({type(exc).__name__}: {detail}); {hint}")
+
+
+# --- verifying safetensors files ------------------------------------------------------------------
+
+SAFETENSORS_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "U16": 2, "I16": 2, "F16": 2,
+    "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8, "C64": 8,
+}  # fmt: skip
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a ``.safetensors`` file, or None: the header must parse, and every
+    tensor's byte range must match its shape and dtype and lie inside the file, ranges back to back.
+    Reads the header only (a few KB), so it is cheap for any model size."""
+    import struct
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                return f"{size} bytes, too short for a header"
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > size - 8 or header_len > 100_000_000:
+                return f"its header claims {header_len} bytes but the file has {size}"
+            header = json.loads(handle.read(header_len))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    except (ValueError, UnicodeDecodeError):
+        return "its header is not valid JSON"
+    if not isinstance(header, dict):
+        return "its header is not a JSON object"
+    data_size = size - 8 - header_len
+    ranges = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+            count = 1
+            for dim in shape:
+                count *= int(dim)
+        except (KeyError, TypeError, ValueError):
+            return f"tensor {name!r} has a malformed header entry"
+        width = SAFETENSORS_DTYPE_BYTES.get(dtype)
+        if width is not None and end - begin != count * width:
+            return f"tensor {name!r} should take {count * width} bytes but its range has {end - begin}"
+        if not 0 <= begin <= end <= data_size:
+            return f"tensor {name!r} ends at byte {end} of the data but the file holds {data_size} (truncated)"
+        ranges.append((begin, end))
+    ranges.sort()
+    covered = 0
+    for begin, end in ranges:
+        if begin != covered:
+            return f"its tensors leave a gap or overlap at byte {covered}"
+        covered = end
+    if covered != data_size:
+        return f"its tensors take {covered} bytes but the file holds {data_size} after the header"
+    return None

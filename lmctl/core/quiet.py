@@ -17,6 +17,14 @@ import sys
 import warnings
 
 LIBRARY_LOGGERS = ("transformers", "accelerate", "datasets", "torch.distributed", "huggingface_hub")
+# Loggers that their library resets to WARNING when it is imported (DeepSpeed's create_logger), so a
+# level set beforehand does not last: a filter on the logger object does.  DeepSpeed is imported
+# lazily by accelerate and transformers and says "Setting accelerator to CPU" on every CPU machine.
+FILTERED_LOGGERS = ("DeepSpeed",)
+
+
+def _error_or_worse(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
 
 
 def quiet_libraries() -> None:
@@ -28,6 +36,10 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    for name in FILTERED_LOGGERS:
+        logger = logging.getLogger(name)
+        if _error_or_worse not in logger.filters:
+            logger.addFilter(_error_or_worse)
     try:
         from transformers.utils import logging as hf_logging
     except ImportError:  # pragma: no cover - lmctl depends on transformers

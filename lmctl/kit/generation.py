@@ -258,6 +258,23 @@ def sliding_step(context: int, max_new_tokens: int) -> int:
     return max(1, min(max_new_tokens, context // 2))
 
 
+def warn_sliding_window(prompts: Sequence[Sequence[int]], *, context: int | None, max_new_tokens: int, warn: Warn) -> None:
+    """Say once when the text (prompts as :func:`fit_prompt` left them) will outgrow the model's
+    positions: it is then generated in a sliding window (see :func:`_generate_rows`), so later
+    tokens no longer see the beginning."""
+    if context is None or not prompts:
+        return
+    longest = max(len(ids) for ids in prompts)
+    if longest + max_new_tokens <= context:
+        return
+    step = sliding_step(context, max_new_tokens)
+    warn(
+        f"--max-new-tokens {max_new_tokens} runs past the model's {context} positions: the text is generated in a "
+        f"sliding window, {step} tokens at a time, each step reading only the latest {context - step} tokens "
+        "(--no-truncate refuses instead)"
+    )
+
+
 def fit_prompt(
     ids: list[int], *, context: int | None, max_new_tokens: int, truncate: bool, number: int, warn: Warn
 ) -> list[int]:
@@ -577,6 +594,7 @@ def generate_text(
         )
         for number, ids in enumerate(encode_prompts(tokenizer, prompts, bos_id=bos_id), start=1)
     ]
+    warn_sliding_window(encoded, context=context, max_new_tokens=kwargs["max_new_tokens"], warn=warn)
     if padding is None:
         padding = True
     if settings.seed is not None:

@@ -301,13 +301,43 @@ def _model_tokenizer(name: str, data: Any, trust_remote_code: bool) -> Any:
     return tokenizer
 
 
+# Below this many scored predictions a perplexity is mostly noise: say so.
+FEW_PREDICTIONS = 100
+
+
+def check_prediction_count(count: int, model: str, split: str, warn: Callable[[str], None]) -> None:
+    """No prediction: refuse (there is no loss); a few: warn that the numbers rest on them alone."""
+    if count == 0:
+        raise LmctlError(
+            f"the {split} data gives {model} no token to predict (it needs at least two tokens in a row); "
+            "evaluate on more text"
+        )
+    if count < FEW_PREDICTIONS:
+        warn(
+            f"warning: the loss and perplexity of {model} rest on {count} prediction{'s' if count != 1 else ''} "
+            f"only (fewer than {FEW_PREDICTIONS}): too few to compare models; evaluate on more text"
+        )
+
+
+def _stderr_line(text: str) -> None:
+    import sys
+
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
 def evaluate(
-    config: EvalConfig, *, progress: Callable[[str], Any] | None = None, prepare_progress: Any = None
+    config: EvalConfig,
+    *,
+    progress: Callable[[str], Any] | None = None,
+    prepare_progress: Any = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """``lmctl eval``: evaluate each model in ``config.models`` on the same data; one dict per model.
 
     ``progress(model_name)`` may return an object with ``update(advance, total)`` and ``close()``
-    (the CLI's progress bar); ``prepare_progress`` receives the progress of tokenizing raw files.
+    (the CLI's progress bar); ``prepare_progress`` receives the progress of tokenizing raw files;
+    ``warn(line)`` receives warnings (default: stderr).
     """
     import torch
 
@@ -377,6 +407,7 @@ def evaluate(
         finally:
             if bar is not None:
                 bar.close()
+        check_prediction_count(int(result.get("tokens", 0)), name, split.name, warn or _stderr_line)
         key = (str(model_data.path), split.name)
         if key not in hashes:
             hashes[key] = token_hash(split)

@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-from lmctl.errors import UsageError
+from lmctl.errors import LmctlError, UsageError
 
 TRAINING_STATE = ("optimizer.safetensors", "optimizer.json", "trainer_state.json")
 
@@ -30,17 +30,60 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, part: str = "mode
     elif part == "discriminator" and not has_generator:
         raise UsageError(f"{src} is not an ELECTRA checkpoint; use --part model")
     dest = Path(out)
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"--out {dest} is a file; choose a directory path")
     if dest.exists() and any(dest.iterdir()) and not force:
         raise UsageError(f"{dest} exists and is not empty; choose another --out or pass --force")
+    files = [
+        entry
+        for entry in sorted(src.iterdir())
+        if entry.is_file() and entry.name not in TRAINING_STATE and not entry.name.startswith("rng-")
+    ]
+    verify_model_files(src, files)  # a damaged checkpoint is refused before anything is written
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {dest}: cannot create its parent directory ({exc.strerror or exc})") from None
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for entry in src.iterdir():
-        if entry.name in TRAINING_STATE or entry.name.startswith("rng-") or entry.name == "generator":
-            continue
-        if entry.is_file():
+    try:
+        tmp.mkdir(parents=True)
+        for entry in files:
             shutil.copy2(entry, tmp / entry.name)
+        # What was written is what the checkpoint holds: checked again on the copies.
+        verify_model_files(tmp, [tmp / entry.name for entry in files], shown=dest)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            from lmctl.core.disk import is_out_of_space, space_reason
+
+            reason = space_reason(exc) if is_out_of_space(exc) else (exc.strerror or str(exc))
+            raise LmctlError(f"could not write the export to {dest} ({reason}); nothing was changed there") from None
+        raise
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(tmp, dest)
     return dest
+
+
+def verify_model_files(directory: Path, files: list[Path], shown: Path | None = None) -> None:
+    """Every weights file's header parses and every tensor's bytes are there; config.json parses."""
+    import json
+
+    from lmctl.core.checkpoint import safetensors_problem
+
+    shown = shown or directory
+    if not any(f.name.endswith(".safetensors") for f in files):
+        raise LmctlError(f"{directory} has no weights (*.safetensors); nothing was exported")
+    for path in files:
+        if path.name.endswith(".safetensors"):
+            problem = safetensors_problem(path)
+            if problem:
+                raise LmctlError(
+                    f"{shown / path.name} is damaged ({problem}); nothing was exported: export an intact checkpoint"
+                )
+        elif path.name == "config.json":
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                raise LmctlError(f"{shown / path.name} is not valid JSON; nothing was exported") from None

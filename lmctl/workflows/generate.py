@@ -104,6 +104,9 @@ from lmctl.kit.generation import (
     text_decoder as text_decoder,
 )
 from lmctl.kit.generation import (
+    warn_sliding_window as warn_sliding_window,
+)
+from lmctl.kit.generation import (
     with_mask_token as with_mask_token,
 )
 

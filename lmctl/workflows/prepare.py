@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -64,6 +65,7 @@ BATCH_CHARS = 1 << 18
 (in practice one text chunk per ``encode_batch_fast`` call): this is what bounds memory."""
 
 DEFAULT_VOCAB_SIZE = 8192
+BYTE_ALPHABET = 256
 DEFAULT_BLOCK_SIZE = 128
 PROGRESS_MODES = ("auto", "rich", "plain", "none")
 
@@ -369,6 +371,13 @@ def resolve_inputs(
     known_exts = tuple(e.lower() for r in readers.values() for e in r.extensions)
     for spec in specs:
         path = Path(spec).expanduser()
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # not "not found": no dataset lookup for a broken path
+                raise UsageError(
+                    f"{role} {spec}: too many levels of symbolic links (a symlink loop); point it at a real file or directory"
+                ) from None
         dataset_source, dataset_split = split_dataset_spec(spec)
         if is_dataset_dir(dataset_source):
             base = Path(dataset_source).resolve()
@@ -472,10 +481,8 @@ class TokenizerHandle:
     SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
     def __init__(self, directory: str | os.PathLike) -> None:
-        from tokenizers import Tokenizer
-
         self.directory = Path(directory)
-        self.backend = Tokenizer.from_file(str(self.directory / "tokenizer.json"))
+        self.backend = load_tokenizer_json(self.directory / "tokenizer.json")
         self.special: dict[str, str] = {}
         for name in ("special_tokens_map.json", "tokenizer_config.json"):
             path = self.directory / name
@@ -520,6 +527,22 @@ class TokenizerHandle:
         return list(probe.ids[:head]), list(probe.ids[tail:])
 
 
+def load_tokenizer_json(path: Path, shown: Path | None = None) -> Any:
+    """A ``tokenizers.Tokenizer`` from ``tokenizer.json``; one line naming the directory when the
+    file is inconsistent (e.g. a merge whose token is missing from the vocabulary: "Token `ow`
+    out of vocabulary") instead of the library's bare exception."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception for every defect
+        detail = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise LmctlError(
+            f"the tokenizer in {shown or path.parent} cannot be loaded: its tokenizer.json is damaged or inconsistent "
+            f"({detail}); re-create it or pass another --tokenizer"
+        ) from None
+
+
 def tokenizer_sha256(directory: str | os.PathLike) -> str:
     """A hash over a tokenizer directory's files (names and contents, in name order)."""
     digest = hashlib.sha256()
@@ -556,6 +579,8 @@ def _resolve_tokenizer(spec: str, trainers: dict[str, Any]) -> _TokenizerSource:
                 f"or a trainer name: {', '.join(trainers)}"
             )
         config = read_config_json(path) if "config.json" in names else None
+        if "tokenizer.json" in names:
+            load_tokenizer_json(path / "tokenizer.json", shown=path)  # a broken one fails now, not after reading the data
         return _TokenizerSource("dir", spec, path.resolve(), config)
     if looks_like_path(spec) or path.suffix:
         raise UsageError(
@@ -791,10 +816,15 @@ class _OutputDir:
                     f"--out {out} is a directory that is not lmctl prepared data; refusing to replace it "
                     "(choose another --out)"
                 )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(out)
+        from lmctl.core.disk import unwritable_directory_error
+
         self.tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir()
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temps(out)
+            self.tmp.mkdir()
+        except OSError as exc:
+            raise unwritable_directory_error(out, exc) from None
 
     def commit(self) -> None:
         trash = None
@@ -878,6 +908,14 @@ class PrepareRun:
         if self.source.model_config is not None:
             model = SimpleNamespace(config=SimpleNamespace(**self.source.model_config))
         self.family.check_block_size(config.block_size, model)
+        if self.source.kind == "train" and self.source.spec == "bytelevel-bpe":
+            # Byte-level BPE starts from all 256 bytes: a smaller vocabulary cannot be built.
+            floor = BYTE_ALPHABET + len(set(self.family.special_tokens().values()))
+            if config.vocab_size < floor:
+                raise UsageError(
+                    f"--vocab-size {config.vocab_size} is smaller than bytelevel-bpe's alphabet of 256 bytes plus "
+                    f"{floor - BYTE_ALPHABET} special token(s); use --vocab-size {floor} or more (merges come on top)"
+                )
 
         self.train_inputs = resolve_inputs(config.train, config.format, role="--train")
         self.validation_inputs = resolve_inputs(config.validation, config.format, role="--validation") if config.validation else []
@@ -1045,8 +1083,14 @@ class PrepareRun:
         except Exception as exc:  # noqa: BLE001 - a trainer (maybe a plugin's) failed: one line, named
             raise LmctlError(f"training the '{name}' tokenizer failed: {type(exc).__name__}: {exc}") from None
         progress.finish()
-        if trained.get_vocab_size(with_added_tokens=True) <= len(set(special.values())):
+        built = trained.get_vocab_size(with_added_tokens=True)
+        if built <= len(set(special.values())):
             raise LmctlError("the training text is too small to train a tokenizer on; pass more text")
+        if built > self.config.vocab_size:  # never a silently bigger vocabulary than asked for
+            raise UsageError(
+                f"--vocab-size {self.config.vocab_size} is below the smallest vocabulary the '{name}' trainer builds "
+                f"on this text ({built} tokens: its alphabet and special tokens); use --vocab-size {built} or more"
+            )
         quiet_libraries()
         as_transformers_tokenizer(trained, special).save_pretrained(directory)
 
@@ -1189,6 +1233,26 @@ def prepare(config: PrepareConfig, *, progress: Any = None) -> PrepareReport:
         (output.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         output.commit()
         committed = True
+    except Exception as exc:
+        from lmctl.core.disk import (
+            OutOfSpaceError,
+            free_bytes,
+            human_bytes,
+            is_out_of_space,
+            space_reason,
+            tree_bytes,
+        )
+
+        if isinstance(exc, LmctlError) or not is_out_of_space(exc):
+            raise
+        written = tree_bytes(output.tmp)
+        output.discard()  # the partial output holds the very space that ran out
+        free = free_bytes(out.parent)
+        raise OutOfSpaceError(
+            f"could not write the prepared data in {out.parent}: {space_reason(exc)} ({human_bytes(written)} written, "
+            f"{human_bytes(free or 0)} free); the partial output is removed and nothing earlier was changed: "
+            "free space and run it again"
+        ) from None
     finally:
         if writer is not None:
             writer.abort()
@@ -1292,7 +1356,12 @@ def prepare_cached(config: PrepareConfig, cache_dir: str | os.PathLike | None = 
             return target
         except LmctlError:
             pass  # damaged or from another format version: prepare it again
-    prepare(dataclasses.replace(config, out=target, force=True), progress=progress)
+    from lmctl.core.disk import OutOfSpaceError
+
+    try:
+        prepare(dataclasses.replace(config, out=target, force=True), progress=progress)
+    except OutOfSpaceError as exc:
+        raise OutOfSpaceError(f"{exc} (or set LMCTL_CACHE to a disk with room; this is lmctl's cache)") from None
     return target
 
 

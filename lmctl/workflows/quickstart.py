@@ -36,11 +36,19 @@ class QuickstartResult:
 
 
 def quickstart(out: str | Path = "runs/quickstart", *, max_steps: int = 300, prompt: str = "The for statement", quiet: bool = False, display: Any = None) -> QuickstartResult:
+    from lmctl.core.run_lock import run_lock
+
+    out = Path(out)
+    # The run owns --out from the resume decision to the sample (train() holds it again inside).
+    with run_lock(out, command="lmctl quickstart"):
+        return _quickstart(out, max_steps=max_steps, prompt=prompt, quiet=quiet, display=display)
+
+
+def _quickstart(out: Path, *, max_steps: int, prompt: str, quiet: bool, display: Any) -> QuickstartResult:
     from lmctl.workflows.generate import GenerationSettings, generate_text
     from lmctl.workflows.train.config import TrainConfig
     from lmctl.workflows.train.trainer import train
 
-    out = Path(out)
     corpus = write_corpus(out.parent / "quickstart-data")
     config = TrainConfig(
         model="gpt2",

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lmctl.errors import LmctlError
+from lmctl.errors import LmctlError, UsageError
 from lmctl.workflows.train.config import TrainConfig
 from lmctl.workflows.train.result import TrainResult
 
@@ -45,10 +45,14 @@ def launch_processes(config: TrainConfig) -> TrainResult:
     this machine, M machines in all (torch's elastic launcher on CPU, ``accelerate launch`` where
     GPUs exist), then read back the result.  Every machine runs the same command with its own
     ``--machine-rank``; they meet at ``--main-process-ip:--main-process-port``."""
+    import contextlib
     import subprocess
     import tempfile
 
     import torch
+
+    from lmctl.core.run_lock import HELD_ENV
+    from lmctl.errors import ERROR_FILE_ENV
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -59,30 +63,44 @@ def launch_processes(config: TrainConfig) -> TrainResult:
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="lmctl-launch-", delete=False) as handle:
         json.dump(settings, handle)
         config_path = handle.name
+    error_file = config_path[: -len(".json")] + ".error"
     per_machine, machines = config.num_processes, config.num_machines
     try:
-        if torch.cuda.is_available():
-            launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-                        "--num_processes", str(per_machine * machines), "--num_machines", str(machines)]  # fmt: skip
+        kind = "accelerate" if torch.cuda.is_available() else "torchrun"
+        if kind == "accelerate":
+            launcher = ["--multi_gpu", "--num_processes", str(per_machine * machines), "--num_machines", str(machines)]
             if machines > 1:
                 launcher += ["--machine_rank", str(config.machine_rank), "--main_process_ip", str(config.main_process_ip),
                              "--main_process_port", str(config.main_process_port)]  # fmt: skip
         elif machines > 1:
-            launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(machines), "--node_rank",
-                        str(config.machine_rank), "--master_addr", str(config.main_process_ip), "--master_port",
-                        str(config.main_process_port), "--nproc_per_node", str(per_machine)]  # fmt: skip
+            launcher = ["--nnodes", str(machines), "--node_rank", str(config.machine_rank), "--master_addr",
+                        str(config.main_process_ip), "--master_port", str(config.main_process_port),
+                        "--nproc_per_node", str(per_machine)]  # fmt: skip
         else:
-            launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(per_machine)]
-        command = [*launcher, "-m", "lmctl", "train", "--config", config_path]
+            launcher = ["--standalone", "--nproc_per_node", str(per_machine)]
+        # Through quiet_launcher (below): a failing worker must not end in the launcher's own
+        # traceback and log lines, once per worker.
+        command = [sys.executable, "-m", "lmctl.workflows.train.launch", kind, *launcher, "-m", "lmctl", "train", "--config", config_path]
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // per_machine)))
         env["LMCTL_ASKED_WORLD_SIZE"] = str(per_machine * machines)
-        completed = subprocess.run(command, env=env)
-        if completed.returncode != 0:
-            what = f"{per_machine}-process run" if machines == 1 else f"run on machine {config.machine_rank}"
-            raise LmctlError(f"the {what} failed (exit code {completed.returncode}); see its output above")
+        env[HELD_ENV] = "1"  # this process holds --out for its workers
+        env[ERROR_FILE_ENV] = error_file  # the first failing worker's error line, reported here once
+        process = subprocess.Popen(command, env=env)
+        try:
+            returncode = process.wait()
+        except BaseException:
+            # SIGTERM or Ctrl-C here: pass it on and wait (the launcher hands it to the workers,
+            # which save a checkpoint), so no worker outlives the lock this process holds.
+            process.send_signal(signal.SIGTERM)
+            process.wait()
+            raise
+        if returncode != 0:
+            raise worker_error(error_file, per_machine * machines, returncode)
     finally:
-        os.unlink(config_path)
+        for path in (config_path, error_file):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
     if config.machine_rank != 0:  # machine 0 writes the record; this machine's --out holds no state
         return TrainResult(out=out, steps=-1, total_steps=0)
     record = json.loads((out / "run.json").read_text())
@@ -99,3 +117,50 @@ def launch_processes(config: TrainConfig) -> TrainResult:
         wall_seconds=res.get("wall_seconds", 0.0),
         tokens_per_s=res.get("tokens_per_s"),
     )
+
+
+def worker_error(error_file: str, num_processes: int, returncode: int) -> LmctlError:
+    """The first failing worker's one line (and its exit code), else the launcher's exit code."""
+    try:
+        code_text, line = Path(error_file).read_text(encoding="utf-8").split("\n", 1)
+        code = int(code_text)
+    except (OSError, ValueError):
+        return LmctlError(f"the {num_processes}-process run failed (exit code {returncode}); see its output above")
+    error = UsageError(line.strip()) if code == 2 else LmctlError(line.strip())
+    error.exit_code = code
+    return error
+
+
+def quiet_launcher(argv: list[str]) -> int:
+    """``python -m lmctl.workflows.train.launch torchrun|accelerate ARGS``: run torch's elastic
+    launcher (or ``accelerate launch``) in this process with its log lines off, and turn a failed
+    worker into that worker's exit code instead of the launcher's traceback (the worker reported
+    its error itself)."""
+    import logging
+    import subprocess
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    for name in ("torch.distributed", "torch.distributed.elastic", "torch.distributed.run"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    kind, rest = argv[0], argv[1:]
+    try:
+        if kind == "accelerate":
+            from accelerate.commands.launch import launch_command, launch_command_parser
+
+            launch_command(launch_command_parser().parse_args(rest))
+        else:
+            from torch.distributed.run import main
+
+            main(rest)
+    except ChildFailedError as exc:
+        _rank, failure = exc.get_first_failure()
+        code = failure.exitcode
+        return 128 - code if code < 0 else code or 1  # killed by a signal: the shell's 128 + N
+    except subprocess.CalledProcessError as exc:  # accelerate's single-process launcher
+        return exc.returncode or 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(quiet_launcher(sys.argv[1:]))

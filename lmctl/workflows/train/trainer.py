@@ -39,8 +39,17 @@ import numpy as np
 
 from lmctl.core import checkpoint as ckpt
 from lmctl.core.device import host_to_device, peak_memory_bytes
+from lmctl.core.disk import (
+    checkpoint_bytes_estimate,
+    free_bytes,
+    human_bytes,
+    is_out_of_space,
+    space_reason,
+    tree_bytes,
+)
 from lmctl.core.files import write_json_atomic
 from lmctl.core.quiet import quiet_libraries
+from lmctl.core.run_lock import run_lock
 from lmctl.errors import LmctlError, UsageError
 from lmctl.families.base import Family, Options, parse_options, parse_override
 from lmctl.kit.scoring import safe_exp
@@ -171,6 +180,7 @@ class Trainer:
         self.evals_without_improvement = 0
         self.nan_in_a_row = 0
         self.nan_skipped = 0
+        self.warn: Callable[[str], None] = stderr_line  # warnings that must be seen, even with --quiet
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -179,6 +189,7 @@ class Trainer:
         quiet_libraries()
         self._setup_strategy()  # first: a request that cannot run is refused before anything is built
         model = self._setup_family()  # a pretrained model first: its tokenizer and limit shape the data
+        self._check_model_config()  # before preparing data: a config that cannot be built fails in seconds
         self._setup_data(model)
         model = self._setup_model(model)
         self._setup_precision(model)
@@ -242,6 +253,49 @@ class Trainer:
     def _reads_weights_on_main_only(self) -> bool:
         return self.strategy.name == "fsdp" and self.launch_world > 1 and self.launch_rank != 0
 
+    def _check_model_config(self) -> None:
+        """From scratch, build the model once on the meta device (no memory, no data yet) with a
+        placeholder vocabulary, so ``--model-config n_embd=65`` with 4 heads is refused before
+        minutes of preparing data rather than after."""
+        if not self.config.from_scratch:
+            return
+        import torch
+
+        class PlaceholderTokenizer:
+            def __len__(self) -> int:
+                return 1024
+
+        try:
+            with torch.device("meta"):
+                self._build_from_scratch(PlaceholderTokenizer())
+        except (AttributeError, NotImplementedError, RuntimeError):
+            pass  # a family (maybe a plugin's) that needs the real tokenizer or device: checked when built
+
+    def _build_from_scratch(self, tokenizer: Any) -> Any:
+        """The model from scratch; a config the architecture rejects is one line naming --model-config."""
+        from lmctl.core.presets import preset_overrides
+
+        config = self.config
+        overrides = preset_overrides(config.model, config.preset)
+        overrides.update(dict(parse_override(item) for item in config.model_config))
+        try:
+            # From scratch, dropout defaults to 0 (as nanoGPT and LitGPT pretrain): on short runs it
+            # only slows learning, and its random masks cost ~10% of a small model's CPU step.
+            return self.family.build_from_scratch(
+                config.model,
+                tokenizer=tokenizer,
+                block_size=self.block_size,
+                overrides=overrides,
+                dropout=config.dropout if config.dropout is not None else 0.0,
+                options=self.options,
+            )
+        except (ValueError, TypeError, AssertionError, ZeroDivisionError) as exc:
+            settings = " ".join(f"{k}={v}" for k, v in overrides.items()) or "the defaults"
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise UsageError(
+                f"the '{config.model}' model cannot be built with {settings} ({detail}); change --model-config"
+            ) from None
+
     def _setup_data(self, model: Any) -> None:
         """The process layout, the prepared data (raw files are prepared into the cache once) and its tokenizer."""
         import torch
@@ -278,23 +332,11 @@ class Trainer:
         from accelerate.utils import set_seed
 
         from lmctl.core.hub import check_tokenizer_matches, count_parameters
-        from lmctl.core.presets import preset_overrides
 
         config, family, tokenizer = self.config, self.family, self.tokenizer
         set_seed(config.seed)
         if model is None:
-            overrides = preset_overrides(config.model, config.preset)
-            overrides.update(dict(parse_override(item) for item in config.model_config))
-            # From scratch, dropout defaults to 0 (as nanoGPT and LitGPT pretrain): on short runs it
-            # only slows learning, and its random masks cost ~10% of a small model's CPU step.
-            model = family.build_from_scratch(
-                config.model,
-                tokenizer=tokenizer,
-                block_size=self.block_size,
-                overrides=overrides,
-                dropout=config.dropout if config.dropout is not None else 0.0,
-                options=self.options,
-            )
+            model = self._build_from_scratch(tokenizer)
         elif config.dropout is not None:
             from lmctl.families.base import dropout_settings
 
@@ -723,6 +765,7 @@ class Trainer:
             ckpt.clean_temporary(self.out)
         self.accelerator.wait_for_everyone()
         if self.is_main:
+            self._warn_if_disk_is_short()
             write_json_atomic(self.out / "run.json", self._run_record(status="running"))
         self.display = (
             self.display_factory(self.is_main) if self.display_factory and not self.quiet else SilentDisplay()
@@ -1001,7 +1044,7 @@ class Trainer:
             if self.sharded_layout:
                 assert tmp is not None or not writes
                 save_sharded(self.model, self.optimizer, tmp)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - every writer's way of failing (see _failed_save)
             failure = exc
         failed = self._any_process(failure is not None)
         final = None
@@ -1011,7 +1054,7 @@ class Trainer:
                     raise failure or OSError("another process could not write its shard")
                 self._write_checkpoint(tmp, step, rng_states)
                 final = ckpt.commit(tmp, self.out, step)
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 - every writer's way of failing (see _failed_save)
                 # A failed save (disk full, quota, I/O error) must not touch the previous checkpoints.
                 shutil.rmtree(tmp, ignore_errors=True)
                 failure = exc
@@ -1021,15 +1064,64 @@ class Trainer:
                 if self.is_main:
                     self._callback("on_save", {"step": step, "path": str(final), "out": str(self.out)})
         if self._any_process(failure is not None):
-            previous = ckpt.list_checkpoints(self.out)
-            kept = f"; {previous[-1][1]} is intact" if previous else ""
-            reason = (failure.strerror or str(failure)) if isinstance(failure, OSError) else "another process failed"
-            raise LmctlError(
-                f"could not save the checkpoint of step {step} ({reason}){kept}: "
-                "free some disk space and resume with --resume auto"
-            ) from None
+            if tmp is not None and not writes:
+                tmp = None  # the process that commits removes the directory
+            self._failed_save(failure or OSError("another process could not write its part"), tmp, f"the checkpoint of step {step}")
         acc.wait_for_everyone()
         return final
+
+    def _failed_save(self, exc: BaseException, tmp: Path | None, what: str) -> None:
+        """A failed save (full disk, quota, I/O error) removes its partial directory, which holds
+        the very space that ran out, and never touches the checkpoints before it; then it raises
+        one line saying what is intact and what to do."""
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        previous = ckpt.list_checkpoints(self.out)
+        intact = (
+            f"the last good checkpoint, step {previous[-1][0]} ({previous[-1][1]}), is intact"
+            if previous
+            else "there is no earlier checkpoint"
+        )
+        needed = self.checkpoint_bytes()
+        if is_out_of_space(exc, self.out, needed=needed):
+            free = free_bytes(self.out)
+            room = f" and {human_bytes(free)} are free" if free is not None else ""
+            raise LmctlError(
+                f"could not save {what} in {self.out}: {space_reason(exc)}; {intact}. A checkpoint needs about "
+                f"{human_bytes(needed)}{room}: free space, then continue with --resume auto"
+            ) from None
+        if isinstance(exc, OSError):
+            raise LmctlError(
+                f"could not save {what} ({exc.strerror or exc}); {intact}: fix that, then continue with --resume auto"
+            ) from None
+        raise exc
+
+    def checkpoint_bytes(self) -> int:
+        """One checkpoint's size: the newest one's on disk, else estimated from the parameters."""
+        previous = ckpt.list_checkpoints(self.out)
+        if previous:
+            return tree_bytes(previous[-1][1])
+        model = getattr(self, "model", None)
+        weight_bytes = 4
+        if model is not None:
+            first = next(iter(self.accelerator.unwrap_model(model).parameters()), None)
+            weight_bytes = first.element_size() if first is not None else 4
+        return checkpoint_bytes_estimate(getattr(self, "n_params", 0), weight_bytes)
+
+    def _warn_if_disk_is_short(self) -> None:
+        """At start: checkpoints kept plus the one being written must fit under --out."""
+        free = free_bytes(self.out)
+        if free is None:
+            return
+        each = self.checkpoint_bytes()
+        count = (max(self.config.keep_last, 0) + 1) if self.save_every else 1
+        needed = each * count
+        if free < needed:
+            self.warn(
+                f"warning: {human_bytes(free)} free under {self.out}, but {count} checkpoint(s) of about "
+                f"{human_bytes(each)} (--keep-last {self.config.keep_last} + the one being written) need "
+                f"{human_bytes(needed)}: free space or lower --keep-last, or a save will fail"
+            )
 
     def _any_process(self, flag: bool) -> bool:
         from lmctl.core.sharding import all_gather
@@ -1121,12 +1213,8 @@ class Trainer:
             self.family.save(model, self.tokenizer, tmp)
             (tmp / "README.md").write_text(model_card(self, result))
             ckpt.fsync_tree(tmp)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise LmctlError(
-                f"could not save the final model to {self.out} ({exc.strerror or exc}); the checkpoints are intact: "
-                "free some disk space and resume with --resume auto"
-            ) from None
+        except Exception as exc:
+            self._failed_save(exc, tmp, f"the final model to {self.out}")
         for entry in tmp.iterdir():
             target = self.out / entry.name
             if target.is_dir() and not target.is_symlink():
@@ -1291,31 +1379,48 @@ def _callbacks(names: list[str]) -> dict[str, Any]:
 
 
 def train(
-    config: TrainConfig, *, quiet: bool = False, display: DisplayFactory | None = None, prepare_progress: Any = None
+    config: TrainConfig,
+    *,
+    quiet: bool = False,
+    display: DisplayFactory | None = None,
+    prepare_progress: Any = None,
+    warn: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train a model as ``config`` says and return what happened.  See the module docstring.
 
     ``display(main_process)`` makes what progress is reported to (see :class:`SilentDisplay`);
     without it, or with ``quiet``, nothing is shown (metrics.jsonl is written all the same).
     ``prepare_progress`` receives the progress of preparing raw files (see
-    :class:`lmctl.workflows.prepare.SilentProgress`)."""
+    :class:`lmctl.workflows.prepare.SilentProgress`).  ``warn(line)`` receives warnings and notes
+    that must be seen even when quiet (default: stderr)."""
     from lmctl.core.hub import apply_offline
 
     config.validate()
     _callbacks(config.callbacks)  # an unknown --callback fails before any work
     apply_offline(config.offline)
     check_inputs(config)
-    launched = "LOCAL_RANK" in os.environ or "RANK" in os.environ
-    if (config.num_processes > 1 or config.num_machines > 1) and not launched:
-        return launch_processes(config)
-    trainer = Trainer(config, quiet=quiet, display=display, prepare_progress=None if quiet else prepare_progress)
-    launcher_fsdp = os.environ.get("ACCELERATE_USE_FSDP")  # masked while lmctl shards (see _setup_strategy)
-    try:
-        trainer.setup()
-        return trainer.run()
-    finally:
-        if launcher_fsdp is not None:
-            os.environ["ACCELERATE_USE_FSDP"] = launcher_fsdp
+    warn = warn or stderr_line
+    # The run owns --out until it ends (see lmctl.core.run_lock); under --num-processes the
+    # launching process holds it for its workers.
+    with run_lock(config.out, command="lmctl train", note=warn):
+        launched = "LOCAL_RANK" in os.environ or "RANK" in os.environ
+        if (config.num_processes > 1 or config.num_machines > 1) and not launched:
+            return launch_processes(config)
+        trainer = Trainer(config, quiet=quiet, display=display, prepare_progress=None if quiet else prepare_progress)
+        trainer.warn = warn
+        launcher_fsdp = os.environ.get("ACCELERATE_USE_FSDP")  # masked while lmctl shards (see _setup_strategy)
+        try:
+            trainer.setup()
+            return trainer.run()
+        finally:
+            if launcher_fsdp is not None:
+                os.environ["ACCELERATE_USE_FSDP"] = launcher_fsdp
+
+
+def stderr_line(text: str) -> None:
+    """The default for warnings and notes a user must see (the CLI's display may be quiet)."""
+    sys.stderr.write(text.rstrip("\n") + "\n")
+    sys.stderr.flush()
 
 
 def check_inputs(config: TrainConfig) -> None:
