@@ -42,7 +42,8 @@ CPU_SECONDS: dict[str, dict[str, list[float]]] = {}  # workload -> side -> CPU s
 
 
 def checkout(revision: str | None, where: Path) -> Path:
-    """A worktree of ``revision`` (None: this working tree, used in place)."""
+    """A worktree of ``revision`` (None: this working tree, used in place).  The worktree gets its
+    own ``../shared`` link when this checkout has one (benchmarks read the corpora from there)."""
     if revision is None:
         return REPO
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(where), revision], check=True,
@@ -60,13 +61,19 @@ def lmctl(*args: str) -> list[str]:
     return [sys.executable, "-m", "lmctl", *args]
 
 
+def run_in(tree: Path, cmd: list[str], cache: Path) -> dict:
+    """Run ``cmd`` against ``tree``: ``python -m`` puts the working directory first on sys.path, so
+    the process runs inside the tree (and PYTHONPATH names it for anything it starts)."""
+    return run_measured(cmd, env=lmctl_env(tree, cache), cwd=tree)
+
+
 def measure_train(tree: Path, work: Path, data: Path, steps: int, tag: str) -> float:
     out = work / f"train-{tag}"
     shutil.rmtree(out, ignore_errors=True)
     shape = ["--model", "gpt2", "--from-scratch", "--model-config", "n_layer=4", "--model-config", "n_head=4",
              "--model-config", "n_embd=128", "--block-size", "128", "--batch-size", "16", "--lr", "1e-3",
              "--max-steps", str(steps), "--eval-every", "0", "--save-every", "0", "--quiet", "--precision", "fp32"]  # fmt: skip
-    result = run_measured(lmctl("train", *shape, "--train", str(data), "--out", str(out)), env=lmctl_env(tree, work / "cache"))
+    result = run_in(tree, lmctl("train", *shape, "--train", str(data), "--out", str(out)), work / "cache")
     if result.get("returncode"):
         raise SystemExit(f"train failed in {tree}: {result['stderr'][-2000:]}")
     CPU_SECONDS.setdefault("train", {}).setdefault(tag.split("-")[0], []).append(result["cpu_seconds"])
@@ -75,8 +82,8 @@ def measure_train(tree: Path, work: Path, data: Path, steps: int, tag: str) -> f
 
 def measure_prepare(tree: Path, work: Path, corpus: Path, tokenizer: Path, tag: str) -> float:
     out = work / f"prepared-{tag}"
-    result = run_measured(lmctl("prepare", "--train", str(corpus), "--tokenizer", str(tokenizer), "--block-size", "128",
-                                "--out", str(out), "--force"), env=lmctl_env(tree, work / "cache"))  # fmt: skip
+    result = run_in(tree, lmctl("prepare", "--train", str(corpus), "--tokenizer", str(tokenizer), "--block-size", "128",
+                                "--out", str(out), "--force"), work / "cache")  # fmt: skip
     if result.get("returncode"):
         raise SystemExit(f"prepare failed in {tree}: {result['stderr'][-2000:]}")
     CPU_SECONDS.setdefault("prepare", {}).setdefault(tag.split("-")[0], []).append(result["cpu_seconds"])
@@ -88,8 +95,7 @@ def measure_nanogpt(tree: Path, work: Path, tag: str) -> tuple[float, float]:
     shutil.rmtree(out, ignore_errors=True)
     cache = work / f"nano-cache-{tag}"  # an empty cache: the implicit prepare is timed each time
     shutil.rmtree(cache, ignore_errors=True)
-    env = lmctl_env(tree, cache)
-    result = run_measured(lmctl("train", *NANOGPT_ARGS, "--train", str(SHAKESPEARE), "--out", str(out), "--quiet"), env=env)
+    result = run_in(tree, lmctl("train", *NANOGPT_ARGS, "--train", str(SHAKESPEARE), "--out", str(out), "--quiet"), cache)
     if result.get("returncode"):
         raise SystemExit(f"nanoGPT run failed in {tree}: {result['stderr'][-2000:]}")
     CPU_SECONDS.setdefault("nanogpt", {}).setdefault(tag.split("-")[0], []).append(result["cpu_seconds"])
@@ -114,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="lmctl-compare-"))
     trees = {"base": checkout(args.base, work / "base-tree"), "new": checkout(args.new, work / "new-tree")}
+    for side, tree in trees.items():  # each side must import its own lmctl
+        found = subprocess.run([sys.executable, "-c", "import lmctl; print(lmctl.__file__)"], cwd=tree,
+                               env=lmctl_env(tree, work / "cache"), capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        if not Path(found).resolve().is_relative_to(Path(tree).resolve()):
+            raise SystemExit(f"the {side} side imports lmctl from {found}, not from {tree}")
     figures: dict[str, dict[str, list[float]]] = {w: {"base": [], "new": []} for w in only}
     extra: dict[str, list[float]] = {"base": [], "new": []}
     try:
@@ -121,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         if "train" in only or "prepare" in only:
             build_corpus(corpus, 2.0)
             data = work / "train-data"
-            run_measured(lmctl("prepare", "--train", str(corpus), "--tokenizer", "bytelevel-bpe", "--vocab-size", "4096",
-                               "--block-size", "128", "--out", str(data), "--force"), env=lmctl_env(trees["base"], work / "cache"))  # fmt: skip
+            run_in(trees["base"], lmctl("prepare", "--train", str(corpus), "--tokenizer", "bytelevel-bpe", "--vocab-size",
+                                        "4096", "--block-size", "128", "--out", str(data), "--force"), work / "cache")  # fmt: skip
         if "prepare" in only:
             big = work / "big.txt"
             build_corpus(big, args.mb)

@@ -25,10 +25,10 @@ def build_corpus(path: Path, megabytes: float) -> int:
     return written
 
 
-def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: str | Path | None = None) -> dict:
     """Run a command; wall time, CPU time and peak RSS of that process (its own, via wait4)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd)
     # Read the pipes while it runs, then reap this very child with wait4 for its rusage.
     stdout, stderr = proc.stdout.read(), proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
