@@ -124,7 +124,7 @@ def test_blocks_reproduce_the_whole_tokenization(mode, corpus, tmp_path, tokeniz
 def test_manifest_records_inputs_tokenizer_and_options(corpus_file, tmp_path, tokenizer_dir):
     report = prepare(PrepareConfig(train=[str(corpus_file)], out=tmp_path / "out", tokenizer=str(tokenizer_dir("causal")), progress="none"))
     manifest = json.loads((report.out / "manifest.json").read_text())
-    assert manifest["format"] == "lmctl.core.prepared" and manifest["version"] == 1
+    assert manifest["format"] == "lmctl.prepared" and manifest["version"] == 1
     entry = manifest["inputs"]["train"][0]
     assert entry["path"] == str(corpus_file.resolve())
     assert entry["bytes"] == corpus_file.stat().st_size

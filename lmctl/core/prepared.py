@@ -29,7 +29,7 @@ import numpy as np
 
 from lmctl.errors import LmctlError
 
-FORMAT_NAME = "lmctl.core.prepared"
+FORMAT_NAME = "lmctl.prepared"  # on disk: never changes with the module layout
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
