@@ -84,6 +84,9 @@ def describe_owner(owner: dict[str, Any]) -> str:
     return f"{owner.get('command') or 'lmctl'}, pid {owner.get('pid', '?')} on host {owner.get('host', '?')}, started {when}"
 
 
+_created: set[Path] = set()  # lock paths whose --out directory this process created
+
+
 def acquire(out: str | os.PathLike, *, command: str = "lmctl", note: Callable[[str], None] | None = None) -> Path:
     """Create ``OUT/.lmctl.lock`` for this process (creating ``OUT``); see the module docstring.
 
@@ -96,10 +99,13 @@ def acquire(out: str | os.PathLike, *, command: str = "lmctl", note: Callable[[s
     if key in _held:
         _held[key] += 1
         return path
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise unwritable_directory_error(out, exc) from None
+    if created:
+        _created.add(key)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": command}
     deadline = time.monotonic() + TORN_GRACE_S + 5
     while time.monotonic() < deadline:
@@ -162,6 +168,11 @@ def release(out: str | os.PathLike) -> None:
     if depth and (_read(path) or {}).get("pid") == os.getpid():
         with contextlib.suppress(OSError):
             os.unlink(path)
+    if key in _created:
+        # A run refused before it wrote anything leaves no empty --out behind.
+        _created.discard(key)
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # only when empty
 
 
 @contextlib.contextmanager
