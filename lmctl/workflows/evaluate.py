@@ -256,7 +256,6 @@ def _model_limit(name: str, trust_remote_code: bool) -> int | None:
 
     from lmctl.core.hub import load_config_dict
     from lmctl.families.base import max_positions
-
     from lmctl.kit.adapters import model_source
 
     return max_positions(SimpleNamespace(**load_config_dict(model_source(name), trust_remote_code=trust_remote_code)))

@@ -579,7 +579,7 @@ class Trainer:
             precision=self.precision,
             fused_loss=fused_output_layer(model) is not None,
             device=str(self.accelerator.device),
-            total_params=None if self.lora is not None and self.lora.quantize else self.n_params,
+            total_params=self.n_params,
             trainable_params=self.n_trainable,
         )
 
@@ -653,6 +653,7 @@ class Trainer:
 
     def _start_outputs(self) -> None:
         """run.json (status running), the display, callbacks and metrics.jsonl."""
+        self.memory = self.memory_estimate()
         self.out.mkdir(parents=True, exist_ok=True)
         self.callbacks = _callbacks(self.config.callbacks) if self.is_main else {}
         if self.is_main:
@@ -661,7 +662,6 @@ class Trainer:
         self.display = (
             self.display_factory(self.is_main) if self.display_factory and not self.quiet else SilentDisplay()
         )
-        self.memory = self.memory_estimate()
         plan = self.plan()
         self.display.start(plan)
         warning = memory_warning(self.memory.total, available_memory_bytes(self.accelerator.device))
