@@ -16,7 +16,7 @@ import os
 import sys
 import warnings
 
-LIBRARY_LOGGERS = ("transformers", "accelerate", "datasets", "torch.distributed", "huggingface_hub")
+LIBRARY_LOGGERS = ("transformers", "accelerate", "datasets", "torch.distributed", "huggingface_hub", "bitsandbytes")
 
 
 def quiet_libraries() -> None:
