@@ -139,10 +139,12 @@ def shape(config: dict) -> dict:
     c = config.get("text_config") or config
     h = _get(c, "hidden_size", "n_embd", "d_model", "dim", "embedding_size")
     L = _get(c, "num_hidden_layers", "n_layer", "num_layers", "n_layers")
-    a = _get(c, "num_attention_heads", "n_head", "num_heads")
+    a = _get(c, "num_attention_heads", "n_head", "num_heads", "n_heads")
+    if not (isinstance(h, int) and isinstance(L, int) and isinstance(a, int) and a > 0):
+        raise ValueError("the config does not name its hidden size, layers and attention heads")
     kv = _get(c, "num_key_value_heads", default=a)
-    f = _get(c, "intermediate_size", "n_inner", "d_inner", "ffn_dim") or 4 * h
-    V = _get(c, "vocab_size")
+    f = _get(c, "intermediate_size", "n_inner", "d_inner", "ffn_dim", "hidden_dim") or 4 * h
+    V = _get(c, "vocab_size") or 0
     d = _get(c, "head_dim") or h // a
     act = _get(c, "hidden_act", "activation_function", "ff_activation", default="gelu")
     drop = max(

@@ -52,6 +52,27 @@ def _parameter_count(family: Any, model_config: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _estimate(
+    config_dict: dict[str, Any], config: TrainConfig, lora: Any, block_size: int, precision: str, family: Any,
+    model_type: Any, device: str, n_params: int,
+) -> Any:
+    from lmctl.kit.losses import FUSED_MODEL_TYPES
+    from lmctl.workflows.train.trainer import estimate_run_memory
+
+    return estimate_run_memory(
+        config_dict,
+        config=config,
+        lora=lora,
+        micro_batch=config.batch_size,
+        block_size=block_size,
+        precision=precision,
+        fused_loss=family.auto_class == "AutoModelForCausalLM" and model_type in FUSED_MODEL_TYPES,
+        device=device,
+        total_params=n_params,
+        trainable_params=None if lora is not None else n_params,
+    )
+
+
 def dry_run_plan(config: TrainConfig) -> dict[str, Any]:
     """The plan of the run ``config`` describes, and ``warning`` (a line, or None) when its
     estimated peak memory exceeds the memory available now."""
@@ -61,10 +82,8 @@ def dry_run_plan(config: TrainConfig) -> dict[str, Any]:
     from lmctl.core.presets import preset_overrides
     from lmctl.core.quiet import quiet_libraries
     from lmctl.families.base import parse_override
-    from lmctl.kit.losses import FUSED_MODEL_TYPES
     from lmctl.plugins.registry import resolve_family
     from lmctl.workflows.train.trainer import (
-        estimate_run_memory,
         family_options,
         lora_summary,
         memory_record,
@@ -123,18 +142,12 @@ def dry_run_plan(config: TrainConfig) -> dict[str, Any]:
     device = pick_device("auto")
     precision = config.precision if config.precision != "auto" else resolve_precision("auto", device, n_params)
     model_type = config_dict.get("model_type")
-    memory = estimate_run_memory(
-        config_dict,
-        config=config,
-        lora=lora,
-        micro_batch=config.batch_size,
-        block_size=block_size,
-        precision=precision,
-        fused_loss=family.auto_class == "AutoModelForCausalLM" and model_type in FUSED_MODEL_TYPES,
-        device=device,
-        total_params=n_params,
-        trainable_params=None if lora is not None else n_params,
-    )
+    try:
+        memory = _estimate(config_dict, config, lora, block_size, precision, family, model_type, device, n_params)
+    except (ValueError, TypeError, KeyError, ZeroDivisionError) as exc:
+        from lmctl.errors import LmctlError
+
+        raise LmctlError(f"--dry-run: the memory formula cannot read {config.model}'s config ({exc})") from None
     tokens = int(_file_bytes(list(config.train)) / BYTES_PER_TOKEN)
     global_batch = config.batch_size * config.grad_accum * config.num_processes
     blocks = max(1, tokens // block_size)

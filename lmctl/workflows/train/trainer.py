@@ -171,6 +171,8 @@ def _size(n: int) -> str:
 
 
 def memory_summary(memory: Any) -> str:
+    if memory is None:
+        return "unknown (the formula cannot read this model's config)"
     parts = ", ".join(
         f"{name} {_size(getattr(memory, name))}"
         for name in ("weights", "gradients", "optimizer", "activations", "loss", "overhead")
@@ -566,10 +568,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ plan
     def memory_estimate(self) -> Any:
-        """The peak-memory estimate of this run (:func:`lmctl.core.memory_plan.estimate_memory`)."""
+        """The peak-memory estimate of this run (:func:`lmctl.core.memory_plan.estimate_memory`),
+        or None for a config the formula cannot read (a plugin architecture with other names)."""
         from lmctl.kit.losses import fused_output_layer
 
         model = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
+        try:
+            return self._memory_estimate(model, fused_output_layer(model) is not None)
+        except (ValueError, TypeError, KeyError, ZeroDivisionError):
+            return None
+
+    def _memory_estimate(self, model: Any, fused_loss: bool) -> Any:
         return estimate_run_memory(
             model.config.to_dict(),
             config=self.config,
@@ -577,7 +586,7 @@ class Trainer:
             micro_batch=self.micro_batch,
             block_size=self.block_size,
             precision=self.precision,
-            fused_loss=fused_output_layer(model) is not None,
+            fused_loss=fused_loss,
             device=str(self.accelerator.device),
             total_params=self.n_params,
             trainable_params=self.n_trainable,
@@ -585,7 +594,7 @@ class Trainer:
 
     def plan(self) -> dict[str, Any]:
         tokens_per_step = self.global_batch * self.block_size
-        memory = getattr(self, "memory", None) or self.memory_estimate()
+        memory = self.memory if hasattr(self, "memory") else self.memory_estimate()
         return {
             "model": self.config.model + (" (from scratch)" if self.config.from_scratch else ""),
             "family": self.family.name,
@@ -664,7 +673,7 @@ class Trainer:
         )
         plan = self.plan()
         self.display.start(plan)
-        warning = memory_warning(self.memory.total, available_memory_bytes(self.accelerator.device))
+        warning = self.memory and memory_warning(self.memory.total, available_memory_bytes(self.accelerator.device))
         if warning:
             self.display.message(warning)
         self._callback("on_train_begin", self.callback_info(plan))
@@ -698,7 +707,7 @@ class Trainer:
             self.save_final(result)
         result.tokens_per_s = meter.tokens_per_s()
         result.peak_memory_bytes = peak_memory_bytes(self.accelerator.device)
-        result.estimated_peak_memory_bytes = self.memory.total
+        result.estimated_peak_memory_bytes = self.memory.total if self.memory is not None else None
         result.wall_seconds = round(time.perf_counter() - started, 2)
         result.best_eval_loss = self.best_eval_loss
         result.best_checkpoint = str(ckpt.checkpoints_dir(self.out) / f"step-{self.best_step}") if self.best_step else None
