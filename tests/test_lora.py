@@ -330,3 +330,17 @@ def test_activation_checkpointing_for_electra_from_scratch(tmp_path, tokenizer_f
                            max_steps=4, activation_checkpointing=flag))  # fmt: skip
         runs.append(losses(out))
     assert runs[0] == pytest.approx(runs[1], abs=1e-5)
+
+
+def test_a_run_whose_estimate_exceeds_the_available_memory_says_so(tmp_path, causal_setup, monkeypatch):
+    import lmctl.workflows.train.trainer as trainer_module
+    from lmctl.cli.app import app
+
+    base, data = causal_setup
+    monkeypatch.setattr(trainer_module, "available_memory_bytes", lambda device: 1 << 20)
+    res = runner.invoke(app, ["train", "--model", str(base), "--train", str(data), "--out", str(tmp_path / "run"),
+                              "--max-steps", "1", "--precision", "fp32", "--eval-every", "0", "--block-size", "32"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "warning: the estimated peak memory" in res.output and "exceeds the available memory (1 MiB)" in res.output
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["result"]["estimated_peak_memory_bytes"] == run["resolved"]["memory_estimate"]["total_bytes"]
