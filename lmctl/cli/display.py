@@ -313,3 +313,13 @@ class PrepareProgress:
 def _eprint(message: str) -> None:
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
+
+
+def print_plan(plan: dict[str, Any], *, warning: str | None = None) -> None:
+    """``lmctl train --dry-run``: the plan as ``key: value`` lines on stdout, the warning on stderr."""
+    width = max(len(str(key)) for key in plan)
+    for key, value in plan.items():
+        sys.stdout.write(f"{str(key) + ':':<{width + 1}} {format_number(value)}\n")
+    sys.stdout.flush()
+    if warning:
+        _eprint(warning)

@@ -69,6 +69,14 @@ def train_command(
     label_smoothing: Optional[float] = typer.Option(None, help=field_help("label_smoothing"), rich_help_panel='Family objectives'),
     seed: Optional[int] = typer.Option(None, help=help_with_default("seed"), rich_help_panel='Optimization'),
     precision: Optional[str] = typer.Option(None, help=help_with_default("precision"), rich_help_panel='Devices'),
+    activation_checkpointing: Optional[bool] = typer.Option(None, "--activation-checkpointing", "--gradient-checkpointing", help=field_help("activation_checkpointing"), rich_help_panel='Memory'),
+    lora: Optional[bool] = typer.Option(None, "--lora", help=field_help("lora"), rich_help_panel='Memory'),
+    lora_r: Optional[int] = typer.Option(None, help=help_with_default("lora_r"), rich_help_panel='Memory'),
+    lora_alpha: Optional[float] = typer.Option(None, help=field_help("lora_alpha"), rich_help_panel='Memory'),
+    lora_dropout: Optional[float] = typer.Option(None, help=help_with_default("lora_dropout"), rich_help_panel='Memory'),
+    lora_targets: Optional[str] = typer.Option(None, help=help_with_default("lora_targets"), rich_help_panel='Memory'),
+    quantize: Optional[str] = typer.Option(None, help=field_help("quantize"), rich_help_panel='Memory'),
+    dry_run: Optional[bool] = typer.Option(None, "--dry-run", help=field_help("dry_run"), rich_help_panel='Output'),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help=field_help("compile") + " [default: no-compile]", rich_help_panel='Devices'),
     num_processes: Optional[int] = typer.Option(None, help=help_with_default("num_processes"), rich_help_panel='Devices'),
     strategy: Optional[str] = typer.Option(None, help=help_with_default("strategy"), rich_help_panel='Devices'),
@@ -108,6 +116,14 @@ def train_command(
     config = merge(file_settings, cli_settings)
     if not config.train:
         raise typer.BadParameter("no training data: pass --train FILE (or set train in --config)", param_hint="--train")
+
+    if config.dry_run:
+        from lmctl.cli.display import print_plan
+        from lmctl.workflows.train.plan import dry_run_plan
+
+        planned = dry_run_plan(config)
+        print_plan(planned["plan"], warning=planned["warning"])
+        return
 
     from lmctl.cli.display import PrepareProgress, make_train_display
     from lmctl.workflows.train.trainer import train as run_training

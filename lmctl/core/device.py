@@ -80,3 +80,25 @@ def host_to_device(tensor: Any, device: Any) -> Any:
     if target == "cuda" and tensor.device.type == "cpu":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device, non_blocking=True)
+
+
+def available_memory_bytes(device: Any) -> int | None:
+    """Memory a run on ``device`` may still take, in bytes: free CUDA memory
+    (``torch.cuda.mem_get_info``) on a GPU, ``MemAvailable`` of /proc/meminfo on a Linux CPU;
+    None where it cannot be read."""
+    kind = getattr(device, "type", None) or str(device).split(":", 1)[0]
+    if kind == "cuda":
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    if kind != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

@@ -186,7 +186,14 @@ def apply_offline(offline: bool) -> None:
 
 
 def count_parameters(model: Any) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters of ``model``; a 4-bit (bitsandbytes) weight counts as its original shape."""
+    import math
+
+    total = 0
+    for p in model.parameters():
+        shape = getattr(getattr(p, "quant_state", None), "shape", None)
+        total += math.prod(shape) if shape is not None else p.numel()
+    return total
 
 
 def read_config_json(path: str | os.PathLike) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import os
 import sys
 import warnings
 
-LIBRARY_LOGGERS = ("transformers", "accelerate", "datasets", "torch.distributed", "huggingface_hub")
+LIBRARY_LOGGERS = ("transformers", "accelerate", "datasets", "torch.distributed", "huggingface_hub", "bitsandbytes")
 # Loggers that their library resets to WARNING when it is imported (DeepSpeed's create_logger), so a
 # level set beforehand does not last: a filter on the logger object does.  DeepSpeed is imported
 # lazily by accelerate and transformers and says "Setting accelerator to CPU" on every CPU machine.

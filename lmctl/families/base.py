@@ -535,7 +535,13 @@ class Family(ABC):
         return None
 
     def load_for_inference(self, path: str, *, trust_remote_code: bool = False) -> Any:
-        """Load a saved model for ``eval``/``generate`` (the main model only)."""
+        """Load a saved model for ``eval``/``generate`` (the main model only); a LoRA adapter
+        directory loads its base model with the adapter merged into the weights."""
+        from lmctl.kit.adapters import adapter_base_model, is_adapter_dir, load_merged
+
+        if is_adapter_dir(path):
+            base = self.load_pretrained(adapter_base_model(path), trust_remote_code=trust_remote_code)
+            return load_merged(base, path)
         return self.load_pretrained(path, trust_remote_code=trust_remote_code)
 
     # --- reporting -------------------------------------------------------------------------------

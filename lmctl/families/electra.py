@@ -46,6 +46,8 @@ class ElectraFamily(Family):
     architectures = ("ElectraForPreTraining",)
     scratch_architectures = ("electra",)
     auto_class = "AutoModelForPreTraining"
+    # The generator + discriminator pair is two models trained together, not one peft model.
+    lora = False
     generate_kind = "fill-mask"
     pipeline_tag = "fill-mask"
     tokenizer_kind = "wordpiece"

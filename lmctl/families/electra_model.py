@@ -29,6 +29,13 @@ class ElectraPretrainer(nn.Module):
             self.generator.electra.embeddings = self.discriminator.electra.embeddings
             self.generator.generator_lm_head.weight = self.discriminator.electra.embeddings.word_embeddings.weight
 
+    supports_gradient_checkpointing = True
+    """Both halves are ELECTRA models, which support activation checkpointing."""
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None) -> None:
+        for model in (self.generator, self.discriminator):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs)
+
     @property
     def config(self) -> Any:
         return self.discriminator.config

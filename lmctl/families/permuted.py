@@ -95,6 +95,9 @@ class PermutedFamily(Family):
     architectures = ("XLNetLMHeadModel",)
     scratch_architectures = ("xlnet",)
     auto_class = "AutoModelForCausalLM"  # transformers maps xlnet -> XLNetLMHeadModel here
+    # XLNet's attention projections are plain parameters (einsum), not linear layers: LoRA would
+    # adapt only the feed-forward layers, so --lora is refused rather than half-applied.
+    lora = False
     generate_kind = "text"
     # XLNetLMHeadModel.prepare_inputs_for_generation drops the attention mask, so padded
     # prompts would attend to the padding: batch only prompts of equal length.

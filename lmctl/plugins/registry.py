@@ -518,5 +518,7 @@ def resolve_family(model: str, *, family: str | None = None, from_scratch: bool 
     if from_scratch:
         return family_for_architecture(model)
     from lmctl.core.hub import load_config_dict
+    from lmctl.kit.adapters import model_source
 
-    return family_for_config(load_config_dict(model, trust_remote_code=trust_remote_code))
+    # A LoRA adapter directory has no config.json: its base model's says what it is.
+    return family_for_config(load_config_dict(model_source(model), trust_remote_code=trust_remote_code))

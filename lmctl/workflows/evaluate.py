@@ -256,8 +256,9 @@ def _model_limit(name: str, trust_remote_code: bool) -> int | None:
 
     from lmctl.core.hub import load_config_dict
     from lmctl.families.base import max_positions
+    from lmctl.kit.adapters import model_source
 
-    return max_positions(SimpleNamespace(**load_config_dict(name, trust_remote_code=trust_remote_code)))
+    return max_positions(SimpleNamespace(**load_config_dict(model_source(name), trust_remote_code=trust_remote_code)))
 
 
 def _prepare_raw(config: EvalConfig, files: list[str], model_name: str, family: Any, block_size: int, progress: Any) -> Any:
@@ -278,7 +279,11 @@ def _prepare_raw(config: EvalConfig, files: list[str], model_name: str, family: 
 
 
 def _load_model(name: str, family: Any, trust_remote_code: bool) -> Any:
+    from lmctl.kit.adapters import is_adapter_dir
+
     family.check_evaluation_model(name)
+    if is_adapter_dir(name):  # a LoRA adapter: its base model with the adapter merged in
+        return family.load_for_inference(name, trust_remote_code=trust_remote_code)
     return family.load_pretrained(name, trust_remote_code=trust_remote_code)
 
 

@@ -1,7 +1,9 @@
 """``lmctl export``: a checkpoint (or a part of it) as a standalone Hugging Face model directory.
 
 Checkpoints already hold a loadable model; export copies just the model files (no optimizer or
-RNG state) and, for ELECTRA, picks the generator or the discriminator.
+RNG state) and, for ELECTRA, picks the generator or the discriminator.  ``--merge`` turns a LoRA
+adapter into a plain model: its base (full precision) with the adapter merged into the weights.
+Every file written is verified (safetensors headers, tensor sizes) before it replaces ``--out``.
 """
 
 from __future__ import annotations
@@ -15,10 +17,18 @@ from lmctl.errors import LmctlError, UsageError
 TRAINING_STATE = ("optimizer.safetensors", "optimizer.json", "trainer_state.json")
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, part: str = "model", *, force: bool = False) -> Path:
-    """Copy the model in ``checkpoint`` to ``out``; ``part`` is model, discriminator or generator."""
+def export_checkpoint(
+    checkpoint: str | Path, out: str | Path, part: str = "model", *, force: bool = False, merge: bool = False
+) -> Path:
+    """Copy the model in ``checkpoint`` to ``out``; ``part`` is model, discriminator or generator;
+    ``merge``: a LoRA adapter merged into its base model's weights."""
+    from lmctl.kit.adapters import is_adapter_dir
+
     src = Path(checkpoint)
-    if not (src / "config.json").is_file():
+    adapter = is_adapter_dir(src)
+    if merge and not adapter:
+        raise UsageError(f"--merge: {src} is not a LoRA adapter (no adapter_config.json); export it without --merge")
+    if not adapter and not (src / "config.json").is_file():
         raise UsageError(f"{src} is not a checkpoint or model directory (no config.json)")
     has_generator = (src / "generator" / "config.json").is_file()
     if part == "generator":
@@ -48,10 +58,15 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, part: str = "mode
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        for entry in files:
-            shutil.copy2(entry, tmp / entry.name)
+        if merge:
+            _write_merged(src, tmp)
+            written = sorted(p for p in tmp.iterdir() if p.is_file())
+        else:
+            for entry in files:
+                shutil.copy2(entry, tmp / entry.name)
+            written = [tmp / entry.name for entry in files]
         # What was written is what the checkpoint holds: checked again on the copies.
-        verify_model_files(tmp, [tmp / entry.name for entry in files], shown=dest)
+        verify_model_files(tmp, written, shown=dest)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):
@@ -87,3 +102,14 @@ def verify_model_files(directory: Path, files: list[Path], shown: Path | None = 
                 json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 raise LmctlError(f"{shown / path.name} is not valid JSON; nothing was exported") from None
+
+
+def _write_merged(adapter_dir: Path, out: Path) -> None:
+    """The adapter's base model (full precision, even for a QLoRA adapter) with the adapter merged in."""
+    from lmctl.core.hub import load_tokenizer
+    from lmctl.plugins.registry import resolve_family
+
+    family = resolve_family(str(adapter_dir))
+    model = family.load_for_inference(str(adapter_dir))
+    tokenizer = load_tokenizer(str(adapter_dir))
+    family.save(model, tokenizer, out)

@@ -10,9 +10,11 @@ def model_card(trainer: Any, result: Any) -> str:
     family = trainer.family
     c = trainer.config
     final = result.final_eval or {}
+    lora = getattr(trainer, "lora", None)
     lines = [
         "---",
-        "library_name: transformers",
+        "library_name: peft" if lora is not None else "library_name: transformers",
+        *([f"base_model: {c.model}"] if lora is not None else []),
         f"pipeline_tag: {family.pipeline_tag}",
         "tags:",
         "- lmctl",
@@ -40,6 +42,24 @@ def model_card(trainer: Any, result: Any) -> str:
     ]
     for key, value in trainer.plan().items():
         lines.append(f"| {key} | {value} |")
+    if lora is not None:
+        auto = "AutoPeftModelForCausalLM" if family.auto_class == "AutoModelForCausalLM" else "AutoPeftModel"
+        lines += [
+            "",
+            "## Use",
+            "",
+            f"A LoRA adapter (peft) on the base model `{c.model}`, which it needs:",
+            "",
+            "```python",
+            f"from peft import {auto}",
+            f'model = {auto}.from_pretrained("{trainer.out.name}")  # base + adapter',
+            "```",
+            "",
+            f"or `lmctl generate --model {trainer.out.name} ...`; `lmctl export {trainer.out.name} --merge --out DIR` "
+            "writes a plain model with the adapter merged into its weights.",
+            "",
+        ]
+        return "\n".join(lines)
     lines += [
         "",
         "## Use",

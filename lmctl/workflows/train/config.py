@@ -60,6 +60,7 @@ class TrainConfig:
     seed: int = config_field(0, "Random seed (weights, data order, masking, dropout).")
     # --- speed ---------------------------------------------------------------------------------
     precision: str = config_field("auto", "auto, fp32, bf16 or fp16 (auto: bf16 where the hardware has it and it is faster).")
+    activation_checkpointing: bool = config_field(False, "Recompute each block's activations in the backward instead of keeping them (less memory, ~30% slower steps); alias --gradient-checkpointing.")
     compile: bool = config_field(False, "torch.compile the model (faster steps after a compile pause).")
     num_processes: int = config_field(1, "Processes to start on this machine (one per GPU; on CPUs gloo processes); 1 runs in this process.")
     strategy: str = config_field("ddp", "How several processes share the work: ddp (a whole copy of the model each), fsdp (parameters, gradients and optimizer sharded; FSDP2), or deepspeed (ZeRO through Accelerate; needs CUDA).")
@@ -67,6 +68,14 @@ class TrainConfig:
     machine_rank: int = config_field(0, "This machine's number, 0 to --num-machines - 1 (0 writes the model, checkpoints and metrics).")
     main_process_ip: str | None = config_field(None, "Address of machine 0, reachable from the others (several machines).")
     main_process_port: int = config_field(29500, "Port on machine 0 for the processes to meet (several machines).")
+    # --- adapters (LoRA / QLoRA through peft) ----------------------------------------------------
+    lora: bool = config_field(False, "Train LoRA adapters (peft) instead of all weights; the output is a peft adapter directory.")
+    lora_r: int = config_field(8, "LoRA rank.")
+    lora_alpha: float | None = config_field(None, "LoRA alpha (scale alpha/r; default 2 x rank).")
+    lora_dropout: float = config_field(0.0, "Dropout on the LoRA branch.")
+    lora_targets: str = config_field("all-linear", "Modules LoRA adapts: all-linear (every linear layer of the blocks, not the output layer) or comma-separated module names (e.g. c_attn,c_proj).")
+    quantize: str | None = config_field(None, "With --lora: load the base weights in 4bit (bitsandbytes NF4, i.e. QLoRA; pip install 'lmctl[qlora]').")
+    dry_run: bool = config_field(False, "Print the plan (parameters, estimated peak memory) and exit without training or writing anything.")
     # --- evaluation, checkpoints, logging ------------------------------------------------------
     eval_every: int | None = config_field(None, "Evaluate every N optimizer steps (0 disables; default: 10 times per run).")
     eval_batches: int = config_field(20, "Batches per evaluation during training (the final evaluation uses all).")
@@ -141,11 +150,31 @@ class TrainConfig:
             )
         if self.num_machines > 1 and not self.main_process_ip:
             raise UsageError("--num-machines > 1 needs --main-process-ip: the address of machine 0")
+        if self.lora and self.from_scratch:
+            raise UsageError("--lora adapts pretrained weights: drop --from-scratch, or train all weights without --lora")
+        if self.quantize is not None and self.quantize != "4bit":
+            raise UsageError(f"--quantize must be 4bit, got {self.quantize!r}")
+        if self.quantize and not self.lora:
+            raise UsageError("--quantize 4bit freezes the base weights: add --lora to train adapters on them")
+        if self.lora and self.lora_r < 1:
+            raise UsageError(f"--lora-r must be a positive integer, got {self.lora_r}")
+        if self.lora and not 0 <= self.lora_dropout < 1:
+            raise UsageError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise UsageError("--grad-clip and --weight-decay must not be negative")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def lora_settings(self) -> Any:
+        """The LoRA settings (``lmctl.kit.adapters.LoraSettings``), or None without --lora."""
+        if not self.lora:
+            return None
+        from lmctl.kit.adapters import LoraSettings
+
+        return LoraSettings(
+            r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout, targets=self.lora_targets, quantize=self.quantize
+        )
 
     def family_option_values(self) -> dict[str, Any]:
         """``--family-option`` settings plus the shorthand flags that were given (as option names);

@@ -23,4 +23,6 @@ class TrainResult:
     tokens_per_s: float | None = None
     peak_memory_bytes: int | None = None
     """Peak memory of the (main) process: CUDA max allocated on a GPU, max RSS on a CPU."""
+    estimated_peak_memory_bytes: int | None = None
+    """The plan's estimate of that peak (:mod:`lmctl.core.memory_plan`)."""
     metrics: list[dict[str, Any]] = field(default_factory=list)

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from lmctl.core import checkpoint as ckpt
-from lmctl.core.device import host_to_device, peak_memory_bytes
+from lmctl.core.device import available_memory_bytes, host_to_device, peak_memory_bytes
 from lmctl.core.disk import (
     checkpoint_bytes_estimate,
     free_bytes,
@@ -71,7 +71,7 @@ from lmctl.workflows.train.strategy import (
 FINGERPRINT_KEYS = (
     "model", "family", "from_scratch", "model_config", "preset", "block_size", "global_batch", "seed",
     "data_hash", "schedule", "lr", "min_lr", "warmup_steps", "total_steps", "weight_decay", "beta1", "beta2",
-    "line_by_line", "family_options", "dropout",
+    "line_by_line", "family_options", "dropout", "lora",
 )  # fmt: skip
 
 
@@ -149,6 +149,83 @@ def step_is_finite(step_loss: Any, grad_norm: Any, *, loss_scaled: bool = False)
     return bool(torch.isfinite(step_loss if loss_scaled else step_loss + grad_norm))
 
 
+# --- memory plan ----------------------------------------------------------------------------------
+
+
+def estimate_run_memory(
+    model_config: dict[str, Any],
+    *,
+    config: TrainConfig,
+    lora: Any,
+    micro_batch: int,
+    block_size: int,
+    precision: str,
+    fused_loss: bool,
+    device: str,
+    total_params: int | None = None,
+    trainable_params: int | None = None,
+) -> Any:
+    """The documented peak-memory formula (:mod:`lmctl.core.memory_plan`) for one process's run."""
+    from lmctl.core.memory_plan import estimate_memory
+
+    return estimate_memory(
+        model_config,
+        batch_size=micro_batch,
+        block_size=block_size,
+        precision=precision if precision in ("fp32", "bf16", "fp16") else "fp32",
+        activation_checkpointing=config.activation_checkpointing,
+        lora={"r": lora.r} if lora is not None else None,
+        quantize=lora.quantize if lora is not None else None,
+        fused_loss=fused_loss,
+        device="cuda" if device.startswith("cuda") else "cpu",
+        total_params=total_params,
+        trainable_params=trainable_params,
+    )
+
+
+def _size(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"
+
+
+def memory_summary(memory: Any) -> str:
+    if memory is None:
+        return "unknown (the formula cannot read this model's config)"
+    parts = ", ".join(
+        f"{name} {_size(getattr(memory, name))}"
+        for name in ("weights", "gradients", "optimizer", "activations", "loss", "overhead")
+    )
+    return f"{_size(memory.total)} ({parts})"
+
+
+def memory_record(memory: Any) -> dict[str, Any] | None:
+    if memory is None:
+        return None
+    fields = ("weights", "gradients", "optimizer", "activations", "loss", "overhead")
+    return {"total_bytes": memory.total, **{f"{name}_bytes": getattr(memory, name) for name in fields},
+            "notes": list(memory.notes)}  # fmt: skip
+
+
+def memory_warning(estimate: int, available: int | None) -> str | None:
+    """One line when the estimated peak exceeds the memory available now (None otherwise)."""
+    if available is None or estimate <= available:
+        return None
+    return (
+        f"warning: the estimated peak memory ({_size(estimate)}) exceeds the available memory ({_size(available)}): "
+        "lower --batch-size or --block-size, or add --activation-checkpointing or --lora"
+    )
+
+
+def trainable_summary(trainable: int, total: int) -> str:
+    return f"{trainable:,} ({100.0 * trainable / max(1, total):.2f}%)"
+
+
+def lora_summary(lora: Any) -> str:
+    if lora is None:
+        return "none (all weights train)"
+    text = f"LoRA r={lora.r} alpha={lora.scaling_alpha:g} dropout={lora.dropout:g} on {lora.targets}"
+    return text + (" over 4-bit NF4 base weights" if lora.quantize else "")
+
+
 # --- the trainer ----------------------------------------------------------------------------------
 
 
@@ -192,6 +269,7 @@ class Trainer:
         self._check_model_config()  # before preparing data: a config that cannot be built fails in seconds
         self._setup_data(model)
         model = self._setup_model(model)
+        model = self._setup_adapters(model)
         self._setup_precision(model)
         self._setup_accelerator()
         self._setup_schedule()
@@ -233,13 +311,18 @@ class Trainer:
             )
             self.family = family
             self.options = family_options(config, family)
+            self.lora = config.lora_settings()
+            if self.lora is not None and not family.lora:
+                raise UsageError(f"--lora: the {family.name} family does not support LoRA adapters; train all weights without --lora")
             model = None
             if not config.from_scratch and self._reads_weights_on_main_only():
                 # FSDP: rank 0 reads the weights; the others build the architecture on the meta
                 # device and receive their shards from it when the model is sharded.
                 model = family.load_pretrained_empty(config.model, trust_remote_code=config.trust_remote_code)
             if not config.from_scratch and model is None:
-                model = family.load_pretrained(config.model, trust_remote_code=config.trust_remote_code)
+                model = family.load_pretrained(
+                    config.model, trust_remote_code=config.trust_remote_code, **self._quantized_loading()
+                )
         except HubUnavailableError as exc:
             raise LmctlError(f"{exc}, or --from-scratch to build the architecture without weights") from None
         limit = max_positions(model.config) if model is not None else None
@@ -348,6 +431,29 @@ class Trainer:
         check_tokenizer_matches(tokenizer, model)
         family.check_block_size(self.block_size, model)
         self.n_params = count_parameters(model)
+        return model
+
+    def _quantized_loading(self) -> dict[str, Any]:
+        """``from_pretrained`` arguments that load the base weights in 4 bits (--quantize 4bit)."""
+        if self.lora is None or not self.lora.quantize:
+            return {}
+        import torch
+
+        from lmctl.kit.adapters import quantization_config
+
+        compute = "bfloat16" if self.config.precision == "bf16" else "float32"
+        device_map: Any = {"": torch.cuda.current_device()} if torch.cuda.is_available() else "cpu"
+        return {"quantization_config": quantization_config(compute), "device_map": device_map}
+
+    def _setup_adapters(self, model: Any) -> Any:
+        """Activation checkpointing, then LoRA adapters (--lora; only they train), on the built model."""
+        from lmctl.kit.adapters import apply_lora, enable_activation_checkpointing, trainable_parameters
+
+        if self.config.activation_checkpointing:
+            enable_activation_checkpointing(model)
+        if self.lora is not None:
+            model = apply_lora(model, self.lora, auto_class=self.family.auto_class)
+        self.n_trainable = trainable_parameters(model)
         return model
 
     def _setup_precision(self, model: Any) -> None:
@@ -594,7 +700,7 @@ class Trainer:
             "schedule": c.schedule, "lr": self.lr, "min_lr": self.min_lr, "warmup_steps": self.warmup,
             "total_steps": self.total_steps, "weight_decay": c.weight_decay, "beta1": c.beta1, "beta2": c.beta2,
             "line_by_line": c.line_by_line, "family_options": self.options.training_values(),
-            "dropout": c.dropout,
+            "dropout": c.dropout, "lora": self.lora.record() if self.lora is not None else None,
         }  # fmt: skip
 
     def _resume(self, resume: str) -> None:
@@ -630,7 +736,12 @@ class Trainer:
         from lmctl.core.sharding import broadcast_module, broadcast_optimizer
 
         if self.is_main:
-            self.family.load_weights(self.model, path)
+            if self.lora is not None:
+                from lmctl.kit.adapters import load_adapter_weights
+
+                load_adapter_weights(self.model, path)  # an adapter run's checkpoints hold the adapter only
+            else:
+                self.family.load_weights(self.model, path)
             ckpt.load_optimizer(self.optimizer, path)
         if self.world > 1:
             broadcast_module(self.model)
@@ -671,12 +782,42 @@ class Trainer:
             self.collate_generator.manual_seed(seed)
 
     # ------------------------------------------------------------------ plan
+    def memory_estimate(self) -> Any:
+        """The peak-memory estimate of this run (:func:`lmctl.core.memory_plan.estimate_memory`),
+        or None for a config the formula cannot read (a plugin architecture with other names)."""
+        from lmctl.kit.losses import fused_output_layer
+
+        model = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
+        try:
+            return self._memory_estimate(model, fused_output_layer(model) is not None)
+        except (ValueError, TypeError, KeyError, ZeroDivisionError):
+            return None
+
+    def _memory_estimate(self, model: Any, fused_loss: bool) -> Any:
+        return estimate_run_memory(
+            model.config.to_dict(),
+            config=self.config,
+            lora=self.lora,
+            micro_batch=self.micro_batch,
+            block_size=self.block_size,
+            precision=self.precision,
+            fused_loss=fused_loss,
+            device=str(self.accelerator.device),
+            total_params=self.n_params,
+            trainable_params=self.n_trainable,
+        )
+
     def plan(self) -> dict[str, Any]:
         tokens_per_step = self.global_batch * self.block_size
+        memory = self.memory if hasattr(self, "memory") else self.memory_estimate()
         plan = {
             "model": self.config.model + (" (from scratch)" if self.config.from_scratch else ""),
             "family": self.family.name,
             "parameters": self.n_params,
+            "trainable parameters": trainable_summary(self.n_trainable, self.n_params),
+            "adapters": lora_summary(self.lora),
+            "activation checkpointing": "on" if self.config.activation_checkpointing else "off",
+            "estimated peak memory": memory_summary(memory),
             "device": f"{self.accelerator.device} x {self.world}",
             "strategy": self.strategy.describe()
             + ("; one process: nothing to shard, checkpoints in the sharded format" if self.strategy.name == "fsdp" and not self.sharded else ""),
@@ -759,6 +900,7 @@ class Trainer:
 
     def _start_outputs(self) -> None:
         """run.json (status running), the display, callbacks and metrics.jsonl."""
+        self.memory = self.memory_estimate()
         self.callbacks = _callbacks(self.config.callbacks) if self.is_main else {}
         if self.is_main or (self.sharded_layout and self.accelerator.is_local_main_process):
             self.out.mkdir(parents=True, exist_ok=True)
@@ -772,6 +914,9 @@ class Trainer:
         )
         plan = self.plan()
         self.display.start(plan)
+        warning = self.memory and memory_warning(self.memory.total, available_memory_bytes(self.accelerator.device))
+        if warning:
+            self.display.message(warning)
         self._callback("on_train_begin", self.callback_info(plan))
         self.metrics_file = None
         if self.is_main:
@@ -803,6 +948,7 @@ class Trainer:
             self.save_final(result)
         result.tokens_per_s = meter.tokens_per_s()
         result.peak_memory_bytes = peak_memory_bytes(self.accelerator.device)
+        result.estimated_peak_memory_bytes = self.memory.total if self.memory is not None else None
         result.wall_seconds = round(time.perf_counter() - started, 2)
         result.best_eval_loss = self.best_eval_loss
         result.best_checkpoint = str(ckpt.checkpoints_dir(self.out) / f"step-{self.best_step}") if self.best_step else None
@@ -1270,6 +1416,10 @@ class Trainer:
                 "parameter_bytes_per_process": self.parameter_bytes["per_process"],
                 "parameter_bytes": self.parameter_bytes["model"],
                 "parameters": self.n_params,
+                "trainable_parameters": self.n_trainable,
+                "lora": self.lora.record() if self.lora is not None else None,
+                "activation_checkpointing": self.config.activation_checkpointing,
+                "memory_estimate": memory_record(getattr(self, "memory", None)),
                 "data": str(self.data.path.resolve()),
                 "data_hash": prepared_data_hash(self.data),
             },
