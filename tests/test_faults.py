@@ -355,6 +355,8 @@ def test_run_lock_rules(tmp_path, monkeypatch):
             assert json.loads(lock.read_text())["command"] == "outer"
         assert lock.exists()
     assert not lock.exists()
+    assert not out.exists()  # the run created --out and wrote nothing: no empty directory is left
+    out.mkdir()
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
