@@ -95,6 +95,9 @@ app.add_typer(plugins_cmd.app, name="plugins")
 
 def main() -> None:
     """Console-script entry point."""
+    from lmctl.core.threads import configure_cpu_threads
+
+    configure_cpu_threads()  # before anything loads torch: idle OpenMP threads sleep instead of spinning
     add_plugin_commands(app)
     app()
 

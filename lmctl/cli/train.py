@@ -7,6 +7,7 @@ flag the user actually gave; the real defaults live in TrainConfig (shown in eac
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -76,6 +77,7 @@ def train_command(
     keep_last: Optional[int] = typer.Option(None, help=help_with_default("keep_last"), rich_help_panel='Evaluation and checkpoints'),
     early_stopping_patience: Optional[int] = typer.Option(None, help=help_with_default("early_stopping_patience"), rich_help_panel='Evaluation and checkpoints'),
     resume: Optional[str] = typer.Option(None, help=field_help("resume"), rich_help_panel='Evaluation and checkpoints'),
+    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help=field_help("overwrite"), rich_help_panel='Output'),
     log_every: Optional[int] = typer.Option(None, help=help_with_default("log_every"), rich_help_panel='Output'),
     report_to: Optional[list[str]] = typer.Option(None, help=field_help("report_to"), rich_help_panel='Output'),
     on_nan: Optional[str] = typer.Option(None, help=help_with_default("on_nan"), rich_help_panel='Evaluation and checkpoints'),
@@ -101,11 +103,20 @@ def train_command(
     config = merge(file_settings, cli_settings)
     if not config.train:
         raise typer.BadParameter("no training data: pass --train FILE (or set train in --config)", param_hint="--train")
+    if int(os.environ.get("RANK", "0")) == 0:
+        from lmctl.cli.early_checks import check_train
+
+        check_train(config)  # usage errors that need no model, before torch is imported
 
     from lmctl.cli.display import PrepareProgress, make_train_display
-    from lmctl.workflows.train.trainer import train as run_training
+    from lmctl.cli.waiting import Waiting
 
-    result = run_training(config, quiet=quiet, display=make_train_display, prepare_progress=PrepareProgress("auto"))
+    with Waiting("loading torch and transformers", stream=sys.stderr) as waiting:
+        from lmctl.workflows.train.trainer import train as run_training
+
+        result = run_training(
+            config, quiet=quiet, display=make_train_display, prepare_progress=PrepareProgress("auto"), status=waiting
+        )
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under a multi-process launch only the main process reports
     if result.interrupted in ("SIGINT", "SIGTERM"):

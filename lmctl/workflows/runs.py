@@ -77,6 +77,8 @@ def summarize(run_dir: Path) -> dict[str, Any]:
     result = record.get("result", {})
     evals = [e["eval/loss"] for e in events if "eval/loss" in e and math.isfinite(e["eval/loss"])]
     steps = max((e.get("step", 0) for e in events), default=0)
+    if isinstance(result.get("steps"), int) and record.get("status") != "running":
+        steps = result["steps"]  # where the run ended (an interruption saves a step not yet logged)
     best = min(evals) if evals else None
     block = resolved.get("block_size") or 0
     batch = (config.get("batch_size") or 0) * (config.get("grad_accum") or 1) * (resolved.get("world_size") or 1)

@@ -21,4 +21,5 @@ class TrainResult:
     interrupted: str | None = None  # "SIGINT" / "SIGTERM" / "nan" / "early-stopping"
     wall_seconds: float = 0.0
     tokens_per_s: float | None = None
+    final_files: list[str] | None = None  # the final model's files in OUT (what --overwrite removes)
     metrics: list[dict[str, Any]] = field(default_factory=list)
