@@ -303,12 +303,15 @@ def test_ctrl_c_during_quickstart_is_not_a_success(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "lmctl", "quickstart", "--out", str(out), "--max-steps", "5000"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A shell's background job ignores SIGINT, and Python keeps an ignored SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline:  # wait for the new run's first logged step
             metrics = out / "metrics.jsonl"
-            if metrics.is_file() and any('"train/loss"' in line for line in metrics.read_text().splitlines()):
+            lines = metrics.read_text().splitlines() if metrics.is_file() else []
+            if any('"train/loss"' in line and '"total_steps": 5000' in line for line in lines):
                 break
             assert process.poll() is None, process.communicate()
             time.sleep(0.5)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -24,73 +24,113 @@ Resume: add --resume auto.  Several processes: --num-processes 2 (or accelerate 
 """
 
 
-def help_with_default(name: str) -> str:
-    """Help text with the TrainConfig default."""
+METAVARS = {
+    "model": "NAME|DIR", "train": "FILE|DIR", "validation": "FILE", "out": "DIR", "family": "FAMILY",
+    "model_config": "KEY=VALUE", "preset": "tiny|small", "tokenizer": "NAME|DIR|TRAINER", "document_split": "lines|blank-lines|file",
+    "text_column": "COLUMN", "schedule": "cosine|linear|constant|inverse-sqrt", "precision": "auto|fp32|bf16|fp16",
+    "resume": "auto|DIR", "report_to": "TRACKER", "on_nan": "stop|skip", "generator_config": "KEY=VALUE",
+    "family_options": "KEY=VALUE",
+}  # fmt: skip
+
+
+def metavar(name: str) -> str:
+    """What the option takes, in words (Typer would show Python types: <str>, <list[str]>); flags take nothing."""
+    if name in METAVARS:
+        return METAVARS[name]
+    kind = str(FIELDS[name].type)
+    if kind.startswith("bool"):
+        return ""
+    if kind.startswith("int"):
+        return "N"
+    if kind.startswith("float"):
+        return "NUMBER"
+    return "VALUE"
+
+
+def shown_default(name: str) -> str:
+    """The TrainConfig default as `` [default: X]`` (the options themselves default to None so that
+    a --config file is only overridden by flags given); empty where the help text says it."""
     default = FIELDS[name].default
-    if isinstance(default, bool) or default is None or callable(getattr(FIELDS[name], "default_factory", None)) and default is FIELDS[name].default:
-        suffix = ""
-    else:
-        suffix = f" [default: {default:g}]" if isinstance(default, float) else f" [default: {default}]"
-    return field_help(name) + suffix
+    if name == "compile":
+        return " [default: no-compile]"
+    if isinstance(default, bool) or default is None or not isinstance(default, (int, float, str)):
+        return ""
+    return f" [default: {default:g}]" if isinstance(default, float) else f" [default: {default}]"
+
+
+def opt(name: str, *flags: str, panel: str, help: str | None = None) -> Any:
+    """A `lmctl train` option for TrainConfig field ``name``: its help, metavar and default."""
+    text = help if help is not None else field_help(name)
+    if "[default:" not in text:
+        text += shown_default(name)
+    return typer.Option(
+        None,
+        *flags,
+        # Help is rich markup: a literal "[default: 0.15]" must be escaped or it vanishes.
+        help=text.replace("[", "\\["),
+        metavar=metavar(name),
+        show_default=False,
+        rich_help_panel=panel,
+    )
 
 
 @friendly_errors
 def train_command(
     ctx: typer.Context,
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=help_with_default("model"), rich_help_panel='Model'),
-    train: Optional[list[str]] = typer.Option(None, "--train", "-t", help=field_help("train"), rich_help_panel='Data'),
-    validation: Optional[list[str]] = typer.Option(None, "--validation", help=field_help("validation"), rich_help_panel='Data'),
-    validation_split: Optional[float] = typer.Option(None, help=field_help("validation_split"), rich_help_panel='Data'),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help=help_with_default("out"), rich_help_panel='Output'),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="Read settings from a .toml/.yaml/.json file; flags override it.", rich_help_panel='Output'),
-    family: Optional[str] = typer.Option(None, help=field_help("family"), rich_help_panel='Model'),
-    from_scratch: Optional[bool] = typer.Option(None, "--from-scratch", help=field_help("from_scratch"), rich_help_panel='Model'),
-    model_config: Optional[list[str]] = typer.Option(None, "--model-config", help=field_help("model_config"), rich_help_panel='Model'),
-    preset: Optional[str] = typer.Option(None, help=field_help("preset"), rich_help_panel='Model'),
-    tokenizer: Optional[str] = typer.Option(None, help=field_help("tokenizer"), rich_help_panel='Data'),
-    vocab_size: Optional[int] = typer.Option(None, help=help_with_default("vocab_size"), rich_help_panel='Data'),
-    document_split: Optional[str] = typer.Option(None, help=field_help("document_split"), rich_help_panel='Data'),
-    line_by_line: Optional[bool] = typer.Option(None, "--line-by-line", help=field_help("line_by_line"), rich_help_panel='Data'),
-    text_column: Optional[str] = typer.Option(None, help=help_with_default("text_column"), rich_help_panel='Data'),
-    max_steps: Optional[int] = typer.Option(None, help=field_help("max_steps"), rich_help_panel='Optimization'),
-    epochs: Optional[float] = typer.Option(None, help=field_help("epochs"), rich_help_panel='Optimization'),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=help_with_default("batch_size"), rich_help_panel='Optimization'),
-    grad_accum: Optional[int] = typer.Option(None, help=help_with_default("grad_accum"), rich_help_panel='Optimization'),
-    block_size: Optional[int] = typer.Option(None, help=field_help("block_size"), rich_help_panel='Data'),
-    lr: Optional[float] = typer.Option(None, help=field_help("lr"), rich_help_panel='Optimization'),
-    min_lr: Optional[float] = typer.Option(None, help=field_help("min_lr"), rich_help_panel='Optimization'),
-    schedule: Optional[str] = typer.Option(None, help=help_with_default("schedule"), rich_help_panel='Optimization'),
-    warmup_steps: Optional[int] = typer.Option(None, help=field_help("warmup_steps"), rich_help_panel='Optimization'),
-    weight_decay: Optional[float] = typer.Option(None, help=help_with_default("weight_decay"), rich_help_panel='Optimization'),
-    beta1: Optional[float] = typer.Option(None, help=help_with_default("beta1"), rich_help_panel='Optimization'),
-    beta2: Optional[float] = typer.Option(None, help=help_with_default("beta2"), rich_help_panel='Optimization'),
-    grad_clip: Optional[float] = typer.Option(None, help=help_with_default("grad_clip"), rich_help_panel='Optimization'),
-    dropout: Optional[float] = typer.Option(None, help=field_help("dropout"), rich_help_panel='Model'),
-    label_smoothing: Optional[float] = typer.Option(None, help=field_help("label_smoothing"), rich_help_panel='Family objectives'),
-    seed: Optional[int] = typer.Option(None, help=help_with_default("seed"), rich_help_panel='Optimization'),
-    precision: Optional[str] = typer.Option(None, help=help_with_default("precision"), rich_help_panel='Devices'),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help=field_help("compile") + " [default: no-compile]", rich_help_panel='Devices'),
-    num_processes: Optional[int] = typer.Option(None, help=help_with_default("num_processes"), rich_help_panel='Devices'),
-    eval_every: Optional[int] = typer.Option(None, help=field_help("eval_every"), rich_help_panel='Evaluation and checkpoints'),
-    eval_batches: Optional[int] = typer.Option(None, help=help_with_default("eval_batches"), rich_help_panel='Evaluation and checkpoints'),
-    save_every: Optional[int] = typer.Option(None, help=field_help("save_every"), rich_help_panel='Evaluation and checkpoints'),
-    keep_last: Optional[int] = typer.Option(None, help=help_with_default("keep_last"), rich_help_panel='Evaluation and checkpoints'),
-    early_stopping_patience: Optional[int] = typer.Option(None, help=help_with_default("early_stopping_patience"), rich_help_panel='Evaluation and checkpoints'),
-    resume: Optional[str] = typer.Option(None, help=field_help("resume"), rich_help_panel='Evaluation and checkpoints'),
-    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help=field_help("overwrite"), rich_help_panel='Output'),
-    log_every: Optional[int] = typer.Option(None, help=help_with_default("log_every"), rich_help_panel='Output'),
-    report_to: Optional[list[str]] = typer.Option(None, help=field_help("report_to"), rich_help_panel='Output'),
-    on_nan: Optional[str] = typer.Option(None, help=help_with_default("on_nan"), rich_help_panel='Evaluation and checkpoints'),
-    family_option: Optional[list[str]] = typer.Option(None, "--family-option", metavar="KEY=VALUE", help=field_help("family_options") + " `lmctl plugins list` shows each family's options.", rich_help_panel='Family objectives'),
-    mlm_probability: Optional[float] = typer.Option(None, help=field_help("mlm_probability"), rich_help_panel='Family objectives'),
-    plm_probability: Optional[float] = typer.Option(None, help=field_help("plm_probability"), rich_help_panel='Family objectives'),
-    max_span_length: Optional[int] = typer.Option(None, help=field_help("max_span_length"), rich_help_panel='Family objectives'),
-    generator_size: Optional[float] = typer.Option(None, help=field_help("generator_size"), rich_help_panel='Family objectives'),
-    generator_config: Optional[list[str]] = typer.Option(None, help=field_help("generator_config"), rich_help_panel='Family objectives'),
-    discriminator_weight: Optional[float] = typer.Option(None, help=field_help("discriminator_weight"), rich_help_panel='Family objectives'),
-    offline: Optional[bool] = typer.Option(None, "--offline", help=field_help("offline"), rich_help_panel='Model'),
-    trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help=field_help("trust_remote_code"), rich_help_panel='Model'),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No dashboard or log lines (metrics.jsonl is still written).", rich_help_panel='Output'),
+    model: Optional[str] = opt("model", "--model", "-m", panel="Model"),
+    train: Optional[list[str]] = opt("train", "--train", "-t", panel="Data"),
+    validation: Optional[list[str]] = opt("validation", "--validation", panel="Data"),
+    validation_split: Optional[float] = opt("validation_split", panel="Data"),
+    out: Optional[str] = opt("out", "--out", "-o", panel="Output"),
+    config_file: Optional[Path] = typer.Option(None, "--config", metavar="FILE", help="Read settings from a .toml/.yaml/.json file; flags override it.", rich_help_panel='Output'),
+    family: Optional[str] = opt("family", panel="Model"),
+    from_scratch: Optional[bool] = opt("from_scratch", "--from-scratch", panel="Model"),
+    model_config: Optional[list[str]] = opt("model_config", "--model-config", panel="Model"),
+    preset: Optional[str] = opt("preset", panel="Model"),
+    tokenizer: Optional[str] = opt("tokenizer", panel="Data"),
+    vocab_size: Optional[int] = opt("vocab_size", panel="Data"),
+    document_split: Optional[str] = opt("document_split", panel="Data"),
+    line_by_line: Optional[bool] = opt("line_by_line", "--line-by-line", panel="Data"),
+    text_column: Optional[str] = opt("text_column", panel="Data"),
+    max_steps: Optional[int] = opt("max_steps", panel="Optimization"),
+    epochs: Optional[float] = opt("epochs", panel="Optimization"),
+    batch_size: Optional[int] = opt("batch_size", "--batch-size", "-b", panel="Optimization"),
+    grad_accum: Optional[int] = opt("grad_accum", panel="Optimization"),
+    block_size: Optional[int] = opt("block_size", panel="Data"),
+    lr: Optional[float] = opt("lr", panel="Optimization"),
+    min_lr: Optional[float] = opt("min_lr", panel="Optimization"),
+    schedule: Optional[str] = opt("schedule", panel="Optimization"),
+    warmup_steps: Optional[int] = opt("warmup_steps", panel="Optimization"),
+    weight_decay: Optional[float] = opt("weight_decay", panel="Optimization"),
+    beta1: Optional[float] = opt("beta1", panel="Optimization"),
+    beta2: Optional[float] = opt("beta2", panel="Optimization"),
+    grad_clip: Optional[float] = opt("grad_clip", panel="Optimization"),
+    dropout: Optional[float] = opt("dropout", panel="Model"),
+    label_smoothing: Optional[float] = opt("label_smoothing", panel="Family objectives"),
+    seed: Optional[int] = opt("seed", panel="Optimization"),
+    precision: Optional[str] = opt("precision", panel="Devices"),
+    compile: Optional[bool] = opt("compile", "--compile/--no-compile", panel="Devices"),
+    num_processes: Optional[int] = opt("num_processes", panel="Devices"),
+    eval_every: Optional[int] = opt("eval_every", panel="Evaluation and checkpoints"),
+    eval_batches: Optional[int] = opt("eval_batches", panel="Evaluation and checkpoints"),
+    save_every: Optional[int] = opt("save_every", panel="Evaluation and checkpoints"),
+    keep_last: Optional[int] = opt("keep_last", panel="Evaluation and checkpoints"),
+    early_stopping_patience: Optional[int] = opt("early_stopping_patience", panel="Evaluation and checkpoints"),
+    resume: Optional[str] = opt("resume", panel="Evaluation and checkpoints"),
+    overwrite: Optional[bool] = opt("overwrite", "--overwrite", panel="Output"),
+    log_every: Optional[int] = opt("log_every", panel="Output"),
+    report_to: Optional[list[str]] = opt("report_to", panel="Output"),
+    on_nan: Optional[str] = opt("on_nan", panel="Evaluation and checkpoints"),
+    family_option: Optional[list[str]] = opt("family_options", "--family-option", panel="Family objectives", help=field_help("family_options") + " `lmctl plugins list` shows each family's options."),
+    mlm_probability: Optional[float] = opt("mlm_probability", panel="Family objectives"),
+    plm_probability: Optional[float] = opt("plm_probability", panel="Family objectives"),
+    max_span_length: Optional[int] = opt("max_span_length", panel="Family objectives"),
+    generator_size: Optional[float] = opt("generator_size", panel="Family objectives"),
+    generator_config: Optional[list[str]] = opt("generator_config", panel="Family objectives"),
+    discriminator_weight: Optional[float] = opt("discriminator_weight", panel="Family objectives"),
+    offline: Optional[bool] = opt("offline", "--offline", panel="Model"),
+    trust_remote_code: Optional[bool] = opt("trust_remote_code", "--trust-remote-code", panel="Model"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", show_default=False, help="No dashboard or log lines (metrics.jsonl is still written).", rich_help_panel='Output'),
 ) -> None:
     from lmctl.workflows.train.config import load_config_file, merge
 
