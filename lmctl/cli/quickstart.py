@@ -12,7 +12,8 @@ from lmctl.errors import friendly_errors
 
 HELP = (
     "Train a small GPT-2 from scratch on English text that ships with Python (no data, no network; "
-    "about a minute on two CPU cores), evaluate it, sample from it, and show what to try next."
+    "about a minute on two quiet CPU cores, longer on a busy machine), evaluate it, sample from it, and show what to "
+    "try next.  Run it again after Ctrl-C to continue; a finished quickstart in --out is replaced."
 )
 
 
