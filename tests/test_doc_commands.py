@@ -88,7 +88,7 @@ def skip_reason(words: list[str], cwd: Path, skipped_outputs: set[str]) -> str |
     if words[1:3] and words[1] == "plugins" and words[2] in ("install", "uninstall"):
         return "changes the installed packages"
     command = words[1] if len(words) > 1 else ""
-    paths = option_values(words, "--model", "-m", "--train", "-t", "--data", "-d", "--validation", "--resume")
+    paths = option_values(words, "--model", "-m", "--train", "-t", "--data", "-d", "--validation", "--resume", "--tokenizer")
     if command in ("runs", "plot", "export"):
         paths += [w for w in words[2:] if not w.startswith("-") and w not in option_values(words, *OUTPUT_OPTIONS)]
     for path in paths:

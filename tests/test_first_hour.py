@@ -72,3 +72,31 @@ def test_cpu_threads_sleep_unless_the_user_chose():
     spin = {"GOMP_SPINCOUNT": "1000"}
     configure_cpu_threads(spin)
     assert "OMP_WAIT_POLICY" not in spin
+
+
+def test_a_wait_over_the_delay_shows_what_it_waits_for_and_only_on_a_terminal():
+    import io
+    import time
+
+    from lmctl.cli.waiting import Waiting
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    with Waiting("loading gpt2", delay=0.05, stream=screen) as wait:
+        time.sleep(0.4)
+        wait("measuring precision")
+        time.sleep(0.4)
+    assert "loading gpt2" in screen.getvalue() and "measuring precision" in screen.getvalue()
+
+    quick = Terminal()
+    with Waiting("loading gpt2", delay=5, stream=quick):
+        pass  # done before the delay: nothing shown
+    assert quick.getvalue() == ""
+
+    pipe = io.StringIO()
+    with Waiting("loading gpt2", delay=0.0, stream=pipe):
+        time.sleep(0.2)
+    assert pipe.getvalue() == ""

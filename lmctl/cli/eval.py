@@ -222,10 +222,23 @@ def eval_command(
         document_split=document_split,
     )
     if is_terminal(sys.stderr):
-        with _make_progress() as progress:
-            results = evaluate(
-                config, progress=lambda name: _ProgressBar(progress, name), prepare_progress=PrepareProgress("plain")
-            )
+        # A spinner while torch and the model load (after 2 s), then the scoring bar: the bar is
+        # started only when scoring starts, so the two never share the terminal.
+        bars: list[Any] = []
+
+        def bar_for(name: str) -> _ProgressBar:
+            waiting(None)
+            if not bars:
+                bars.append(_make_progress())
+                bars[0].start()
+            return _ProgressBar(bars[0], name)
+
+        try:
+            with Waiting(f"loading {', '.join(model)}") as waiting:
+                results = evaluate(config, progress=bar_for, prepare_progress=PrepareProgress("plain"))
+        finally:
+            if bars:
+                bars[0].stop()
     else:
         results = evaluate(config)
         for r in results:

@@ -19,7 +19,7 @@ from lmctl.errors import LmctlError, UsageError
 SMALL_TEXT_BYTES = 1 << 20  # text inputs up to this size are read to bound their token count
 
 
-def check_model_reference(name: str, *, offline: bool = False, role: str = "--model") -> None:
+def check_model_reference(name: str, *, offline: bool = False, role: str = "--model", hint: str = "") -> None:
     """A local path must exist; a hub id in offline mode must be in the local Hugging Face cache.
 
     ``runs/x`` is a path when ``runs/`` exists here (hub ids look like ``org/name`` too)."""
@@ -30,12 +30,12 @@ def check_model_reference(name: str, *, offline: bool = False, role: str = "--mo
         return
     parts = Path(name).parts
     if looks_like_path(name) or (len(parts) > 1 and Path(parts[0]).expanduser().is_dir()):
-        raise LmctlError(f"{role} {name}: no such directory" + _nearby(path))
+        raise LmctlError(f"model directory not found: {name} ({role}: no such directory{_nearby(path)})")
     if offline or offline_mode():
         if not in_hub_cache(name):
             raise LmctlError(
                 f"{role} {name}: not in the local Hugging Face cache, and offline mode is on (--offline or "
-                "HF_HUB_OFFLINE=1): download it once while online, or pass a local model directory"
+                f"HF_HUB_OFFLINE=1): download it once while online, or pass a local model directory{hint}"
             )
 
 
@@ -67,7 +67,7 @@ def check_train(config: Any) -> None:
     inputs = _check_train_inputs(config)
     _check_out(config)
     if not config.from_scratch:
-        check_model_reference(config.model, offline=config.offline)
+        check_model_reference(config.model, offline=config.offline, hint=", or --from-scratch to build the architecture without weights")
     if config.tokenizer and not config.from_scratch and "/" in config.tokenizer:
         check_model_reference(config.tokenizer, offline=config.offline, role="--tokenizer")
     _check_enough_text(config, inputs)

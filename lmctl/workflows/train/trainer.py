@@ -383,7 +383,7 @@ class Trainer:
 
     def _setup_resume(self) -> None:
         """Continue from a checkpoint (same settings), or refuse to mix runs in one directory."""
-        from lmctl.core.run_dir import check_new_run_dir, clear_run
+        from lmctl.core.run_dir import check_new_run_dir, clear_run, has_earlier_run
 
         self.start_step = 0
         self.fingerprint = self._fingerprint()
@@ -391,8 +391,8 @@ class Trainer:
             self._resume(self.config.resume)
         elif self.is_main:
             check_new_run_dir(self.out, resume=None, overwrite=self.config.overwrite)
-            if self.config.overwrite:
-                clear_run(self.out)
+            if self.config.overwrite and has_earlier_run(self.out):
+                clear_run(self.out)  # only an earlier lmctl run's own files
 
     def _prepare_for_training(self) -> None:
         import torch
