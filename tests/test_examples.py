@@ -530,7 +530,7 @@ def test_nemo_transformer_lm(workdir):
     assert lrs == pytest.approx(expected)
     assert [e["step"] for e in events if "eval/loss" in e and not e.get("final")] == [2, 4]
     assert [e["step"] for e in events if "eval/loss" in e and e.get("final")] == [6]
-    assert checkpoint_steps(out) == [2, 4]
+    assert checkpoint_steps(out) == [2, 4, 6]  # and the last step (a finished run can be continued)
 
     # Evaluation scoring only the last 16 tokens of each window of 32 (the header's 256 is too long
     # for this tiny model), cross-checked with the computation above.
@@ -538,9 +538,11 @@ def test_nemo_transformer_lm(workdir):
     assert result["settings"]["stride"] == 16 and result["settings"]["block_size"] == 32
     stream: list[int] = []
     test_text = (workdir / "data" / "wikitext-2" / "test.txt").read_text()
-    for paragraph in re.split(r"\n(?:[ \t]*\n)+", test_text):
-        if paragraph.strip():
-            stream += [tokenizer.eos_token_id] + tokenizer(paragraph, add_special_tokens=False)["input_ids"]
+    # Raw text is cut into documents as the model was trained: lines (the example's document_split).
+    assert result["document_split"] == "lines (as trained)"
+    for line in test_text.splitlines():
+        if line.strip():
+            stream += [tokenizer.eos_token_id] + tokenizer(line, add_special_tokens=False)["input_ids"]
     total, count = strided_nll(model, stream, 32, 16)
     assert result["tokens"] == count
     assert result["loss"] == pytest.approx(total / count, rel=1e-4)
