@@ -33,7 +33,24 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, corpus_text
-from tests.test_docs import shell_blocks
+
+RUNNABLE_FENCES = ("bash", "console", "sh", "shell", "")  # not ```text: that is output shown
+
+
+def shell_blocks(text: str) -> list[str]:
+    """The page's runnable code blocks (a ```text block shows output, like the dashboard)."""
+    blocks, lang, lines = [], None, []
+    for raw in text.splitlines():
+        if raw.lstrip().startswith("```"):
+            if lang is None:
+                lang, lines = raw.strip()[3:].strip(), []
+            else:
+                if lang in RUNNABLE_FENCES:
+                    blocks.append("\n".join(lines))
+                lang = None
+        elif lang is not None:
+            lines.append(raw)
+    return blocks
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SKIP_PAGES = {"cli.md"}  # the generated reference: every command's --help, nothing to run
