@@ -168,8 +168,10 @@ def nanogpt(args: argparse.Namespace, work: Path) -> list[str]:
         "",
         f"Benchmark: `python benchmarks/bench_train.py --skip-throughput --skip-scaling --repeats {args.repeats}"
         f"{nano_flag}`.  lmctl's command (whole process timed: implicit prepare with a char tokenizer, 2000 steps, "
-        f"final evaluation of the full validation split; medians of {args.repeats}):",
+        f"final evaluation of the full validation split; medians of {args.repeats}).  "
+        "`../shared/data/tinyshakespeare.txt` is char-rnn's tinyshakespeare (any copy works):",
         "",
+        "<!-- docs-test: files ../shared/data/tinyshakespeare.txt -->",
         f"```bash\n{command}\n```",
         "",
         f"Compared with {ref_source}.",

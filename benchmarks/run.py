@@ -32,8 +32,10 @@ AREAS = {
     "train": ["bench_train.py"],
     "eval": ["bench_eval.py", "--runs", "5", "--markdown", "benchmarks/results/eval.md"],
     "generate": ["bench_generate.py", "--runs", "5", "--markdown", "benchmarks/results/generate.md"],
+    "errors": ["bench_errors.py"],
+    "load": ["bench_load.py"],
 }
-ORDER = ["cli", "prepare", "train", "eval", "generate"]
+ORDER = ["cli", "errors", "load", "prepare", "train", "eval", "generate"]
 
 HEADER = """# Benchmarks
 

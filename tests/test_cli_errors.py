@@ -143,6 +143,11 @@ def run_copy(w: World, tmp: Path, damage: str | None = None) -> Path:
     """A copy of the training run, with one file of its checkpoint truncated or garbled."""
     copy = tmp / "run"
     shutil.copytree(w.run, copy)
+    # As if interrupted after step 1: the finished run's last-step checkpoint and final model go
+    # (a finished run resumes from its last step; these rows are about step-1).
+    for extra in (copy / "checkpoints").iterdir():
+        if extra.name != "step-1":
+            shutil.rmtree(extra)
     if damage:
         target = copy / "checkpoints" / "step-1" / damage
         if damage.endswith(".json"):
@@ -248,14 +253,15 @@ ROWS = [
         1, "folder is a directory"),
     row("eval/data-missing", lambda w, t: ["eval", "--model", str(w.causal), "--data", str(missing(t))], 1, "data not found", "nope.txt"),
     # --- models ------------------------------------------------------------------------------
+    # Offline, a hub id missing from the local cache is reported before anything is imported.
     row("train/unknown-model-offline", lambda w, t: ["train", "--train", str(w.prepared), "--model", HUB_ID, "--out", str(t / "r")],
-        1, f"could not download '{HUB_ID}'", "offline mode is on", "local model directory", "--from-scratch"),
+        1, f"{HUB_ID}: not in the local Hugging Face cache", "offline mode is on", "local model directory", "--from-scratch"),
     row("eval/unknown-model-offline", lambda w, t: ["eval", "--model", HUB_ID, "--data", str(w.prepared)],
-        1, f"could not download '{HUB_ID}'", "offline mode is on", "local model directory", absent=("--from-scratch",)),
+        1, f"{HUB_ID}: not in the local Hugging Face cache", "offline mode is on", "local model directory", absent=("--from-scratch",)),
     row("generate/unknown-model-offline", lambda w, t: ["generate", "--model", HUB_ID, "hello"],
-        1, f"could not download '{HUB_ID}'", "offline mode is on", absent=("--from-scratch",)),
+        1, f"{HUB_ID}: not in the local Hugging Face cache", "offline mode is on", absent=("--from-scratch",)),
     row("generate/unknown-model-offline-process", lambda w, t: ["generate", "--model", HUB_ID, "hello"],
-        1, f"could not download '{HUB_ID}'", "offline mode is on", absent=("--from-scratch",), subprocess=True),
+        1, f"{HUB_ID}: not in the local Hugging Face cache", "offline mode is on", absent=("--from-scratch",), subprocess=True),
     row("train/model-without-config", lambda w, t: ["train", "--train", str(w.prepared), "--model", str(model_copy(w, t, no_config)), "--out", str(t / "r")],
         1, "model-causal is not a model directory", "no config.json"),
     row("eval/model-without-config", lambda w, t: ["eval", "--model", str(model_copy(w, t, no_config)), "--data", str(w.prepared)],
@@ -309,7 +315,7 @@ ROWS = [
         2, "folder: not a complete lmctl checkpoint"),
     row("train/resume-incompatible-config", lambda w, t: train_args(w, "--lr", "0.01", "--resume", "auto", "--out", str(run_copy(w, t))),
         2, "cannot resume from", "step-1", "config changed", "lr"),
-    row("train/rerun-over-checkpoints", lambda w, t: train_args(w, "--out", str(run_copy(w, t))), 2, "already has checkpoints", "--resume auto"),
+    row("train/rerun-over-checkpoints", lambda w, t: train_args(w, "--out", str(run_copy(w, t))), 2, "already holds an earlier run", "--resume auto"),
     *[
         row(f"train/resume-damaged-{name}", lambda w, t, name=name: train_args(w, "--resume", "auto", "--out", str(run_copy(w, t, name))),
             1, "step-1 is damaged", f"{name} cannot be read", "train again without --resume")

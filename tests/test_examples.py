@@ -282,7 +282,7 @@ def test_run_clm_keeps_only_the_last_checkpoints(workdir, tiny_model_dir):
     # A checkpoint at every step; with no evaluation there is no "best" to keep besides the last 3.
     lmctl(substitute(train, {}) + ["--model", base, *TINY, "--max-steps", "7", "--save-every", "1", "--eval-every", "0"])
     out = workdir / "runs" / "run-clm"
-    assert checkpoint_steps(out) == [4, 5, 6]  # keep_last = 3 (save_total_limit); step 7 is the final model
+    assert checkpoint_steps(out) == [5, 6, 7]  # keep_last = 3 (save_total_limit); the last step is checkpointed too
     record = run_record(out)
     assert record["config"]["keep_last"] == 3 and record["config"]["schedule"] == "linear"
     assert record["resolved"]["block_size"] == 32
@@ -438,9 +438,9 @@ def test_scratch_electra_generator_discriminator_and_export(workdir):
     (answer,) = json_lines(lmctl(substitute(fill, {}) + ["--json"]).stdout)
     assert len(answer["masks"][0]) == 5
 
-    # Export either part from a checkpoint (the header names step-90000; here the newest is step-3).
+    # Export either part from a checkpoint (the header names step-90000; here the newest is the last step, 4).
     steps = checkpoint_steps(out)
-    assert steps and steps[-1] == 3
+    assert steps and steps[-1] == 4
     newest = f"runs/electra-small/checkpoints/step-{steps[-1]}"
     swap = {"runs/electra-small/checkpoints/step-90000": newest}
     lmctl(substitute(export_disc, swap))
@@ -530,7 +530,7 @@ def test_nemo_transformer_lm(workdir):
     assert lrs == pytest.approx(expected)
     assert [e["step"] for e in events if "eval/loss" in e and not e.get("final")] == [2, 4]
     assert [e["step"] for e in events if "eval/loss" in e and e.get("final")] == [6]
-    assert checkpoint_steps(out) == [2, 4]
+    assert checkpoint_steps(out) == [2, 4, 6]  # and the last step (a finished run can be continued)
 
     # Evaluation scoring only the last 16 tokens of each window of 32 (the header's 256 is too long
     # for this tiny model), cross-checked with the computation above.
@@ -538,9 +538,11 @@ def test_nemo_transformer_lm(workdir):
     assert result["settings"]["stride"] == 16 and result["settings"]["block_size"] == 32
     stream: list[int] = []
     test_text = (workdir / "data" / "wikitext-2" / "test.txt").read_text()
-    for paragraph in re.split(r"\n(?:[ \t]*\n)+", test_text):
-        if paragraph.strip():
-            stream += [tokenizer.eos_token_id] + tokenizer(paragraph, add_special_tokens=False)["input_ids"]
+    # Raw text is cut into documents as the model was trained: lines (the example's document_split).
+    assert result["document_split"] == "lines (as trained)"
+    for line in test_text.splitlines():
+        if line.strip():
+            stream += [tokenizer.eos_token_id] + tokenizer(line, add_special_tokens=False)["input_ids"]
     total, count = strided_nll(model, stream, 32, 16)
     assert result["tokens"] == count
     assert result["loss"] == pytest.approx(total / count, rel=1e-4)

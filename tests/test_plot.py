@@ -171,7 +171,7 @@ def test_training_again_into_a_run_directory_replaces_its_curves(two_runs):
 
     run = two_runs[0]
     config = json.loads((run / "run.json").read_text())["config"]
-    train(TrainConfig(**{**config, "max_steps": 4, "eval_every": 2}), quiet=True)
+    train(TrainConfig(**{**config, "max_steps": 4, "eval_every": 2, "overwrite": True}), quiet=True)
     events = metrics(run)
     assert max(e["step"] for e in events) == 4
     assert sum(1 for e in events if e.get("final")) == 1

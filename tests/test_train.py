@@ -122,7 +122,7 @@ def test_resume_refuses_changed_config(tmp_path, tokenizer_for):
     train(tiny_config(prepared, tmp_path / "run", "causal", max_steps=4, save_every=2, eval_every=0), quiet=True)
     with pytest.raises(UsageError, match="config changed.*lr"):
         train(tiny_config(prepared, tmp_path / "run", "causal", max_steps=4, lr=1e-2, resume="auto", eval_every=0), quiet=True)
-    with pytest.raises(UsageError, match="already has checkpoints"):
+    with pytest.raises(UsageError, match="already holds an earlier run"):
         train(tiny_config(prepared, tmp_path / "run", "causal", max_steps=4, eval_every=0), quiet=True)
     with pytest.raises(UsageError, match="no checkpoint"):
         train(tiny_config(prepared, tmp_path / "other", "causal", max_steps=4, resume="auto", eval_every=0), quiet=True)
@@ -137,7 +137,7 @@ def test_checkpoints_are_pruned_and_loadable(tmp_path, tokenizer_for):
     prepared = write_prepared(tmp_path / "data", tokenizer_for("causal"), "causal", corpus_text(20_000))
     train(tiny_config(prepared, tmp_path / "run", "causal", max_steps=10, save_every=2, keep_last=2, eval_every=0), quiet=True)
     steps = [s for s, _ in list_checkpoints(tmp_path / "run")]
-    assert steps == [6, 8]
+    assert steps == [8, 10]  # the last step is checkpointed too (a finished run can be continued)
     transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "checkpoints" / "step-8")
     assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith(".tmp")]
 

@@ -47,8 +47,22 @@ def one_line_usage_errors() -> Iterator[None]:
     except typer.TyperException as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `lmctl eval`: Typer shows the help
             raise
-        print_error(click_error_line(exc), exc.exit_code)
+        print_error(suggestion_line(exc) or click_error_line(exc), exc.exit_code)
         raise typer.Exit(exc.exit_code) from None
+
+
+def suggestion_line(exc: Any) -> str | None:
+    """``--modle``: click lists its close matches alphabetically ("--compile, --model, --offline");
+    name the closest first (difflib's order), then the others."""
+    possibilities = getattr(exc, "possibilities", None)
+    if type(exc).__name__ != "NoSuchOption" or not possibilities:  # click's, or Typer's vendored copy
+        return None
+    best, *others = possibilities  # get_close_matches: best match first
+    line = f"no such option: {exc.option_name}; did you mean {best}?"
+    if others:
+        line += f" (or {', '.join(others)})"
+    command = getattr(getattr(exc, "ctx", None), "command_path", None)
+    return f"{line} (see '{command} --help')" if command else line
 
 
 app = typer.Typer(
@@ -95,6 +109,9 @@ app.add_typer(plugins_cmd.app, name="plugins")
 
 def main() -> None:
     """Console-script entry point."""
+    from lmctl.core.threads import configure_cpu_threads
+
+    configure_cpu_threads()  # before anything loads torch: idle OpenMP threads sleep instead of spinning
     add_plugin_commands(app)
     app()
 

@@ -74,6 +74,8 @@ class PlainTrainLog:
         self.stream.flush()
 
     def update(self, event: dict[str, Any]) -> None:
+        if event.get("initial"):
+            return  # where the run starts; the plan line said it
         keys = ("train/loss", "train/perplexity", "eval/loss", "eval/perplexity", "lr", "grad_norm", "tokens_per_s")
         parts = [f"step {event['step']}/{event.get('total_steps', '?')}"]
         parts += [f"{k} {format_number(event[k])}" for k in keys if k in event]
@@ -177,6 +179,15 @@ class RichTrainDashboard:
         self.state["step"] = step
 
     def update(self, event: dict[str, Any]) -> None:
+        if event.get("initial"):
+            # Where the run stands before its first step: the total (so the counter never reads
+            # "step 3/1"), and after a resume the whole run's best evaluation and elapsed time.
+            if event.get("best_eval_step") is not None:
+                self.best_step = event["best_eval_step"]
+            if event.get("elapsed_s"):
+                self.started = time.perf_counter() - float(event["elapsed_s"])
+            self.state.update({k: v for k, v in event.items() if k in ("step", "total_steps", "best_eval_loss")})
+            return
         if "eval/loss" in event:
             self.final_eval = bool(event.get("final"))
             best = event.get("best_eval_loss")

@@ -34,7 +34,7 @@ TAIL_ROWS = (
     ("tokens_per_second", "tokens/s"),
     ("seconds", "seconds"),
 )
-HIDDEN = {"model", "data", "split", "settings", "complete", "text_nll", "bytes", "words", "parameters", "data_hash", "text_hash"}
+HIDDEN = {"model", "data", "split", "document_split", "settings", "complete", "text_nll", "bytes", "words", "parameters", "data_hash", "text_hash"}
 
 
 def _finite(value: Any) -> Any:
@@ -110,6 +110,8 @@ def _format(value: Any, key: str = "") -> str:
         return f"{value:,.0f}"
     if key == "seconds" and value is not None:
         return f"{value:.2f}"
+    if isinstance(value, float) and math.isfinite(value) and abs(value) >= 1000:
+        return f"{value:,.0f}"  # large values read like the token counts beside them (2,470,419, not 2.47e+06)
     if isinstance(value, float):
         return format_number(value, 5)
     return format_number(value)
@@ -126,9 +128,12 @@ def print_table(results: list[dict[str, Any]]) -> None:
     settings = first["settings"]
     terminal = sys.stdout.isatty()
     console = Console(width=None if terminal else max(100, 28 + 24 * len(results)))
-    console.print(
-        Text(f"data: {data} ({first['split']} split); block size {settings['block_size']}, stride {settings['stride']}")
-    )
+    if first.get("document_split"):  # raw text files: evaluated whole, cut into documents as the model was trained
+        splits = sorted({r["document_split"] for r in results})
+        where = f"raw text, documents: {', '.join(splits)}"
+    else:
+        where = f"{first['split']} split"
+    console.print(Text(f"data: {data} ({where}); block size {settings['block_size']}, stride {settings['stride']}"))
     table = Table()
     table.add_column("")
     for result in results:
@@ -147,6 +152,16 @@ def print_table(results: list[dict[str, Any]]) -> None:
     table.add_row("precision", *(Text(r["settings"]["precision"]) for r in results))
     table.add_row("data hash", *(Text(r["data_hash"]) for r in results))
     console.print(table)
+    # Families that mask (a mlm_probability option): only the masked share of the tokens is scored.
+    for r in results:
+        options = r.get("settings", {}).get("family_options", {}) or {}
+        if "mlm_probability" in options and not options.get("pseudo_perplexity"):
+            console.print(
+                Text(
+                    f"{r['model']}: only the masked tokens are scored ({options['mlm_probability']:.0%} of the text, "
+                    "as in training), hence the token count; --pseudo-perplexity scores every token"
+                )
+            )
     if any(not r.get("complete", True) for r in results):
         console.print(Text("--max-batches stopped early: an estimate on the first batches only"))
 
@@ -169,12 +184,21 @@ def eval_command(
     family: str | None = typer.Option(None, "--family", help="Family to use instead of the one read from config.json."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     line_by_line: bool = typer.Option(False, "--line-by-line", help="Raw text files: one example per line (each scored on its own)."),
+    document_split: str | None = typer.Option(None, "--document-split", metavar="lines|blank-lines|file", help="Raw text files: what a document is (default: what the model was trained with, recorded in its lmctl_model.json; else blank-lines)."),
+    checkpoint: str | None = typer.Option(None, "--checkpoint", metavar="latest|best|step-N", help="--model is a run directory: evaluate this checkpoint of it (default: its final model, else its latest checkpoint)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow models whose code lives in their repository (it runs that code: only for code you trust)."),
     offline: bool = typer.Option(False, "--offline", help="Never contact the Hugging Face Hub (HF_HUB_OFFLINE=1)."),
 ) -> None:
     from lmctl.cli.display import PrepareProgress, is_terminal
-    from lmctl.families.base import option_items
-    from lmctl.workflows.evaluate import EvalConfig, evaluate
+    from lmctl.cli.early_checks import check_eval, resolve_models
+
+    model = resolve_models(model, checkpoint, offline=offline)
+    check_eval(data, document_split=document_split, line_by_line=line_by_line, precision=precision, batch_size=batch_size)
+    from lmctl.cli.waiting import Waiting
+
+    with Waiting("loading torch and transformers"):
+        from lmctl.families.base import option_items
+        from lmctl.workflows.evaluate import EvalConfig, evaluate
 
     family_options: dict[str, Any] = option_items(family_option)
     if pseudo_perplexity:
@@ -195,12 +219,26 @@ def eval_command(
         offline=offline,
         device=device,
         line_by_line=line_by_line,
+        document_split=document_split,
     )
     if is_terminal(sys.stderr):
-        with _make_progress() as progress:
-            results = evaluate(
-                config, progress=lambda name: _ProgressBar(progress, name), prepare_progress=PrepareProgress("plain")
-            )
+        # A spinner while torch and the model load (after 2 s), then the scoring bar: the bar is
+        # started only when scoring starts, so the two never share the terminal.
+        bars: list[Any] = []
+
+        def bar_for(name: str) -> _ProgressBar:
+            waiting(None)
+            if not bars:
+                bars.append(_make_progress())
+                bars[0].start()
+            return _ProgressBar(bars[0], name)
+
+        try:
+            with Waiting(f"loading {', '.join(model)}") as waiting:
+                results = evaluate(config, progress=bar_for, prepare_progress=PrepareProgress("plain"))
+        finally:
+            if bars:
+                bars[0].stop()
     else:
         results = evaluate(config)
         for r in results:

@@ -95,8 +95,10 @@ class Output:
     on a terminal is collected and shown as one table at the end.
     """
 
-    def __init__(self, *, json_lines: bool, models: Sequence[str], stream: Any = None):
+    def __init__(self, *, json_lines: bool, models: Sequence[str], stream: Any = None, include_prompt: bool = False):
         self.json_lines = json_lines
+        self.include_prompt = include_prompt  # plain text: each result starts with its prompt
+        self.streaming_prompt: str | None = None  # the one prompt being streamed (written before its text)
         self.models = list(models)
         self.stream = stream if stream is not None else sys.stdout
         self.terminal = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -113,6 +115,8 @@ class Output:
 
     # Streaming: a single prompt, single model, plain output.
     def on_text(self, piece: str) -> None:
+        if not self.streamed and self.include_prompt and self.streaming_prompt is not None:
+            self.write(self.streaming_prompt)
         self.streamed = True
         self.write(piece)
 
@@ -140,7 +144,7 @@ class Output:
             self.write("\n")  # the text itself is already out
             self.streamed = False
         else:
-            self.write(result.text + "\n")
+            self.write((result.prompt if self.include_prompt else "") + result.text + "\n")
         self.text_results += 1
 
     def _write_tsv(self, result: Any) -> None:
@@ -379,11 +383,28 @@ def generate_command(
         help="Allow a Hub model's own Python code to run (only for models you trust).",
         rich_help_panel=_MODEL,
     ),
+    checkpoint: str = typer.Option(
+        None,
+        "--checkpoint",
+        metavar="latest|best|step-N",
+        help="--model is a run directory: use this checkpoint of it (default: its final model, else its latest checkpoint).",
+        rich_help_panel=_MODEL,
+        show_default=False,
+    ),
+    include_prompt: bool = typer.Option(
+        False,
+        "--include-prompt",
+        "--echo",
+        help="Plain text output: write each prompt before its continuation (--json always has both).",
+        rich_help_panel=_OUTPUT,
+    ),
 ) -> None:
+    from lmctl.cli.early_checks import resolve_models
     from lmctl.workflows.generate import GenerateConfig
 
     if not model:
         raise UsageError("pass --model DIR_OR_NAME (a directory written by lmctl train, or a Hub id)")
+    model = resolve_models(list(model), checkpoint, offline=offline)
     chosen_seed = seed if seed is not None else _seed_now()
     settings = _settings_from_flags(
         max_new_tokens=max_new_tokens,
@@ -421,7 +442,13 @@ def generate_command(
         return
     config.prompts = collected
     try:
-        run(config, json_lines=json_lines, report=report, seed_shown=chosen_seed if seed is None else None)
+        run(
+            config,
+            json_lines=json_lines,
+            report=report,
+            seed_shown=chosen_seed if seed is None else None,
+            include_prompt=include_prompt,
+        )
     except BrokenPipeError:
         # The reader went away (`lmctl generate ... | head`): stop quietly, as other filters do.
         # stdout is pointed at devnull so Python's exit-time flush does not fail a second time.
@@ -443,13 +470,21 @@ def run(
     stream: Any = None,
     seed_shown: int | None = None,
     warn: Callable[[str], None] | None = None,
+    include_prompt: bool = False,
 ) -> None:
     """Generate for every model and write the results (one prompt streams as it is generated)."""
+    from lmctl.cli.waiting import Waiting
     from lmctl.workflows.generate import generate
 
-    output = Output(json_lines=json_lines, models=config.models, stream=stream)
+    output = Output(json_lines=json_lines, models=config.models, stream=stream, include_prompt=include_prompt)
+    if len(config.prompts) == 1:
+        output.streaming_prompt = config.prompts[0]
+    # A spinner on stderr (terminals only, after 2 s) while torch and the model load; it goes
+    # before anything is written.
+    waiting = Waiting(f"loading {', '.join(config.models)}")
 
     def done(run: Any) -> None:
+        waiting(None)
         report(
             _stats_line(
                 run.name,
@@ -460,13 +495,22 @@ def run(
             )
         )
 
-    generate(
-        config,
-        on_text=None if json_lines else output.on_text,
-        on_result=output.on_result,
-        on_model_done=done,
-        warn=lambda message: (warn or _stderr_line)(f"warning: {message}"),
-    )
+    def on_text(piece: str) -> None:
+        waiting(None)
+        output.on_text(piece)
+
+    def on_result(result: Any) -> None:
+        waiting(None)
+        output.on_result(result)
+
+    with waiting:
+        generate(
+            config,
+            on_text=None if json_lines else on_text,
+            on_result=on_result,
+            on_model_done=done,
+            warn=lambda message: (waiting(None), (warn or _stderr_line)(f"warning: {message}")),
+        )
     output.finish()
 
 

@@ -12,7 +12,8 @@ from lmctl.errors import friendly_errors
 
 HELP = (
     "Train a small GPT-2 from scratch on English text that ships with Python (no data, no network; "
-    "about a minute on two CPU cores), evaluate it, sample from it, and show what to try next."
+    "about a minute on two quiet CPU cores, longer on a busy machine), evaluate it, sample from it, and show what to "
+    "try next.  Run it again after Ctrl-C to continue; a finished quickstart in --out is replaced."
 )
 
 
@@ -23,9 +24,29 @@ def quickstart_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No dashboard."),
 ) -> None:
     from lmctl.cli.display import make_train_display
+    from lmctl.cli.waiting import Waiting
     from lmctl.workflows.quickstart import quickstart
 
-    print_summary(quickstart(out, max_steps=max_steps, quiet=quiet, display=make_train_display))
+    with Waiting("loading torch and transformers") as waiting:
+        result = quickstart(out, max_steps=max_steps, quiet=quiet, display=make_train_display, status=waiting)
+    report_interruption(result.train, out)
+    print_summary(result)
+
+
+def report_interruption(result: Any, out: Path) -> None:
+    """An interrupted run ends as ``lmctl train`` ends it: one line, exit 130 (SIGINT) or 143 (SIGTERM);
+    a run stopped by NaN/inf losses is a failure (exit 1).  Never a success line, never a sample."""
+    if result.interrupted in ("SIGINT", "SIGTERM"):
+        typer.echo(
+            f"interrupted at step {result.steps}; checkpoint saved in {Path(out) / 'checkpoints'}; "
+            "continue with --resume auto (`lmctl quickstart` again continues it too)",
+            err=True,
+        )
+        raise typer.Exit(130 if result.interrupted == "SIGINT" else 143)
+    if result.interrupted == "nan":
+        from lmctl.errors import LmctlError
+
+        raise LmctlError(f"training stopped at step {result.steps + 1} on a NaN/inf loss; nothing was sampled")
 
 
 def print_summary(result: Any, stream: Any = None) -> None:
@@ -33,6 +54,8 @@ def print_summary(result: Any, stream: Any = None) -> None:
 
     stream = stream or sys.stdout
     final = result.train.final_eval or {}
+    if result.sample is None:
+        return
     stream.write(f"\nTrained {result.out} in {result.train.wall_seconds:.0f} s")
     if final:
         stream.write(f": validation loss {final['loss']:.3f}, perplexity {final['perplexity']:.1f}")

@@ -70,10 +70,13 @@ def plot_command(
     metric: str = typer.Option("loss", help="loss or perplexity (terminal chart)."),
 ) -> None:
     from lmctl.errors import UsageError
-    from lmctl.workflows.runs import curves_for, write_png
+    from lmctl.workflows.runs import curves_for, objective_caveat, write_png
 
     if metric not in ("loss", "perplexity"):
         raise UsageError(f"--metric must be loss or perplexity, got {metric!r}")
+    caveat = objective_caveat(list(runs))
+    if caveat:
+        typer.echo(f"note: {caveat}", err=True)
     if png is not None:
         written = write_png(list(runs), png)
         typer.echo(f"wrote {written}", err=True)

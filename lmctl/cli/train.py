@@ -7,8 +7,9 @@ flag the user actually gave; the real defaults live in TrainConfig (shown in eac
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -24,86 +25,128 @@ Several machines: --num-machines 2 --machine-rank R --main-process-ip HOST on ea
 """
 
 
-def help_with_default(name: str) -> str:
-    """Help text with the TrainConfig default."""
+METAVARS = {
+    "model": "NAME|DIR", "train": "FILE|DIR", "validation": "FILE", "out": "DIR", "family": "FAMILY",
+    "model_config": "KEY=VALUE", "preset": "tiny|small", "tokenizer": "NAME|DIR|TRAINER", "document_split": "lines|blank-lines|file",
+    "text_column": "COLUMN", "schedule": "cosine|linear|constant|inverse-sqrt", "precision": "auto|fp32|bf16|fp16",
+    "resume": "auto|DIR", "report_to": "TRACKER", "on_nan": "stop|skip", "generator_config": "KEY=VALUE",
+    "family_options": "KEY=VALUE", "strategy": "ddp|fsdp|deepspeed", "main_process_ip": "ADDRESS", "quantize": "4bit",
+    "lora_targets": "all-linear|NAMES", "callbacks": "NAME",
+}  # fmt: skip
+
+
+def metavar(name: str) -> str:
+    """What the option takes, in words (Typer would show Python types: <str>, <list[str]>); flags take nothing."""
+    if name in METAVARS:
+        return METAVARS[name]
+    kind = str(FIELDS[name].type)
+    if kind.startswith("bool"):
+        return ""
+    if kind.startswith("int"):
+        return "N"
+    if kind.startswith("float"):
+        return "NUMBER"
+    return "VALUE"
+
+
+def shown_default(name: str) -> str:
+    """The TrainConfig default as `` [default: X]`` (the options themselves default to None so that
+    a --config file is only overridden by flags given); empty where the help text says it."""
     default = FIELDS[name].default
-    if isinstance(default, bool) or default is None or callable(getattr(FIELDS[name], "default_factory", None)) and default is FIELDS[name].default:
-        suffix = ""
-    else:
-        suffix = f" [default: {default:g}]" if isinstance(default, float) else f" [default: {default}]"
-    return field_help(name) + suffix
+    if name == "compile":
+        return " [default: no-compile]"
+    if isinstance(default, bool) or default is None or not isinstance(default, (int, float, str)):
+        return ""
+    return f" [default: {default:g}]" if isinstance(default, float) else f" [default: {default}]"
+
+
+def train_option(name: str, *flags: str, panel: str, help: str | None = None) -> Any:
+    """A `lmctl train` option for TrainConfig field ``name``: its help, metavar and default."""
+    text = help if help is not None else field_help(name)
+    if "[default:" not in text:
+        text += shown_default(name)
+    return typer.Option(
+        None,
+        *flags,
+        # Help is rich markup: a literal "[default: 0.15]" must be escaped or it vanishes.
+        help=text.replace("[", "\\["),
+        metavar=metavar(name),
+        show_default=False,
+        rich_help_panel=panel,
+    )
 
 
 @friendly_errors
 def train_command(
     ctx: typer.Context,
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=help_with_default("model"), rich_help_panel='Model'),
-    train: Optional[list[str]] = typer.Option(None, "--train", "-t", help=field_help("train"), rich_help_panel='Data'),
-    validation: Optional[list[str]] = typer.Option(None, "--validation", help=field_help("validation"), rich_help_panel='Data'),
-    validation_split: Optional[float] = typer.Option(None, help=field_help("validation_split"), rich_help_panel='Data'),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help=help_with_default("out"), rich_help_panel='Output'),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="Read settings from a .toml/.yaml/.json file; flags override it.", rich_help_panel='Output'),
-    family: Optional[str] = typer.Option(None, help=field_help("family"), rich_help_panel='Model'),
-    from_scratch: Optional[bool] = typer.Option(None, "--from-scratch", help=field_help("from_scratch"), rich_help_panel='Model'),
-    model_config: Optional[list[str]] = typer.Option(None, "--model-config", help=field_help("model_config"), rich_help_panel='Model'),
-    preset: Optional[str] = typer.Option(None, help=field_help("preset"), rich_help_panel='Model'),
-    tokenizer: Optional[str] = typer.Option(None, help=field_help("tokenizer"), rich_help_panel='Data'),
-    vocab_size: Optional[int] = typer.Option(None, help=help_with_default("vocab_size"), rich_help_panel='Data'),
-    document_split: Optional[str] = typer.Option(None, help=field_help("document_split"), rich_help_panel='Data'),
-    line_by_line: Optional[bool] = typer.Option(None, "--line-by-line", help=field_help("line_by_line"), rich_help_panel='Data'),
-    text_column: Optional[str] = typer.Option(None, help=help_with_default("text_column"), rich_help_panel='Data'),
-    max_steps: Optional[int] = typer.Option(None, help=field_help("max_steps"), rich_help_panel='Optimization'),
-    epochs: Optional[float] = typer.Option(None, help=field_help("epochs"), rich_help_panel='Optimization'),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=help_with_default("batch_size"), rich_help_panel='Optimization'),
-    grad_accum: Optional[int] = typer.Option(None, help=help_with_default("grad_accum"), rich_help_panel='Optimization'),
-    block_size: Optional[int] = typer.Option(None, help=field_help("block_size"), rich_help_panel='Data'),
-    lr: Optional[float] = typer.Option(None, help=field_help("lr"), rich_help_panel='Optimization'),
-    min_lr: Optional[float] = typer.Option(None, help=field_help("min_lr"), rich_help_panel='Optimization'),
-    schedule: Optional[str] = typer.Option(None, help=help_with_default("schedule"), rich_help_panel='Optimization'),
-    warmup_steps: Optional[int] = typer.Option(None, help=field_help("warmup_steps"), rich_help_panel='Optimization'),
-    weight_decay: Optional[float] = typer.Option(None, help=help_with_default("weight_decay"), rich_help_panel='Optimization'),
-    beta1: Optional[float] = typer.Option(None, help=help_with_default("beta1"), rich_help_panel='Optimization'),
-    beta2: Optional[float] = typer.Option(None, help=help_with_default("beta2"), rich_help_panel='Optimization'),
-    grad_clip: Optional[float] = typer.Option(None, help=help_with_default("grad_clip"), rich_help_panel='Optimization'),
-    dropout: Optional[float] = typer.Option(None, help=field_help("dropout"), rich_help_panel='Model'),
-    label_smoothing: Optional[float] = typer.Option(None, help=field_help("label_smoothing"), rich_help_panel='Family objectives'),
-    seed: Optional[int] = typer.Option(None, help=help_with_default("seed"), rich_help_panel='Optimization'),
-    precision: Optional[str] = typer.Option(None, help=help_with_default("precision"), rich_help_panel='Devices'),
-    activation_checkpointing: Optional[bool] = typer.Option(None, "--activation-checkpointing", "--gradient-checkpointing", help=field_help("activation_checkpointing"), rich_help_panel='Memory'),
-    lora: Optional[bool] = typer.Option(None, "--lora", help=field_help("lora"), rich_help_panel='Memory'),
-    lora_r: Optional[int] = typer.Option(None, help=help_with_default("lora_r"), rich_help_panel='Memory'),
-    lora_alpha: Optional[float] = typer.Option(None, help=field_help("lora_alpha"), rich_help_panel='Memory'),
-    lora_dropout: Optional[float] = typer.Option(None, help=help_with_default("lora_dropout"), rich_help_panel='Memory'),
-    lora_targets: Optional[str] = typer.Option(None, help=help_with_default("lora_targets"), rich_help_panel='Memory'),
-    quantize: Optional[str] = typer.Option(None, help=field_help("quantize"), rich_help_panel='Memory'),
-    dry_run: Optional[bool] = typer.Option(None, "--dry-run", help=field_help("dry_run"), rich_help_panel='Output'),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help=field_help("compile") + " [default: no-compile]", rich_help_panel='Devices'),
-    num_processes: Optional[int] = typer.Option(None, help=help_with_default("num_processes"), rich_help_panel='Devices'),
-    strategy: Optional[str] = typer.Option(None, help=help_with_default("strategy"), rich_help_panel='Devices'),
-    num_machines: Optional[int] = typer.Option(None, help=help_with_default("num_machines"), rich_help_panel='Devices'),
-    machine_rank: Optional[int] = typer.Option(None, help=help_with_default("machine_rank"), rich_help_panel='Devices'),
-    main_process_ip: Optional[str] = typer.Option(None, help=field_help("main_process_ip"), rich_help_panel='Devices'),
-    main_process_port: Optional[int] = typer.Option(None, help=help_with_default("main_process_port"), rich_help_panel='Devices'),
-    eval_every: Optional[int] = typer.Option(None, help=field_help("eval_every"), rich_help_panel='Evaluation and checkpoints'),
-    eval_batches: Optional[int] = typer.Option(None, help=help_with_default("eval_batches"), rich_help_panel='Evaluation and checkpoints'),
-    save_every: Optional[int] = typer.Option(None, help=field_help("save_every"), rich_help_panel='Evaluation and checkpoints'),
-    keep_last: Optional[int] = typer.Option(None, help=help_with_default("keep_last"), rich_help_panel='Evaluation and checkpoints'),
-    early_stopping_patience: Optional[int] = typer.Option(None, help=help_with_default("early_stopping_patience"), rich_help_panel='Evaluation and checkpoints'),
-    resume: Optional[str] = typer.Option(None, help=field_help("resume"), rich_help_panel='Evaluation and checkpoints'),
-    log_every: Optional[int] = typer.Option(None, help=help_with_default("log_every"), rich_help_panel='Output'),
-    report_to: Optional[list[str]] = typer.Option(None, help=field_help("report_to"), rich_help_panel='Output'),
-    on_nan: Optional[str] = typer.Option(None, help=help_with_default("on_nan"), rich_help_panel='Evaluation and checkpoints'),
-    callbacks: Optional[list[str]] = typer.Option(None, "--callback", metavar="NAME", help=field_help("callbacks"), rich_help_panel='Output'),
-    family_option: Optional[list[str]] = typer.Option(None, "--family-option", metavar="KEY=VALUE", help=field_help("family_options") + " `lmctl plugins list` shows each family's options.", rich_help_panel='Family objectives'),
-    mlm_probability: Optional[float] = typer.Option(None, help=field_help("mlm_probability"), rich_help_panel='Family objectives'),
-    plm_probability: Optional[float] = typer.Option(None, help=field_help("plm_probability"), rich_help_panel='Family objectives'),
-    max_span_length: Optional[int] = typer.Option(None, help=field_help("max_span_length"), rich_help_panel='Family objectives'),
-    generator_size: Optional[float] = typer.Option(None, help=field_help("generator_size"), rich_help_panel='Family objectives'),
-    generator_config: Optional[list[str]] = typer.Option(None, help=field_help("generator_config"), rich_help_panel='Family objectives'),
-    discriminator_weight: Optional[float] = typer.Option(None, help=field_help("discriminator_weight"), rich_help_panel='Family objectives'),
-    offline: Optional[bool] = typer.Option(None, "--offline", help=field_help("offline"), rich_help_panel='Model'),
-    trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help=field_help("trust_remote_code"), rich_help_panel='Model'),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No dashboard or log lines (metrics.jsonl is still written).", rich_help_panel='Output'),
+    model: Optional[str] = train_option("model", "--model", "-m", panel="Model"),
+    train: Optional[list[str]] = train_option("train", "--train", "-t", panel="Data"),
+    validation: Optional[list[str]] = train_option("validation", "--validation", panel="Data"),
+    validation_split: Optional[float] = train_option("validation_split", panel="Data"),
+    out: Optional[str] = train_option("out", "--out", "-o", panel="Output"),
+    config_file: Optional[Path] = typer.Option(None, "--config", metavar="FILE", help="Read settings from a .toml/.yaml/.json file; flags override it.", rich_help_panel='Output'),
+    family: Optional[str] = train_option("family", panel="Model"),
+    from_scratch: Optional[bool] = train_option("from_scratch", "--from-scratch", panel="Model"),
+    model_config: Optional[list[str]] = train_option("model_config", "--model-config", panel="Model"),
+    preset: Optional[str] = train_option("preset", panel="Model"),
+    tokenizer: Optional[str] = train_option("tokenizer", panel="Data"),
+    vocab_size: Optional[int] = train_option("vocab_size", panel="Data"),
+    document_split: Optional[str] = train_option("document_split", panel="Data"),
+    line_by_line: Optional[bool] = train_option("line_by_line", "--line-by-line", panel="Data"),
+    text_column: Optional[str] = train_option("text_column", panel="Data"),
+    max_steps: Optional[int] = train_option("max_steps", panel="Optimization"),
+    epochs: Optional[float] = train_option("epochs", panel="Optimization"),
+    batch_size: Optional[int] = train_option("batch_size", "--batch-size", "-b", panel="Optimization"),
+    grad_accum: Optional[int] = train_option("grad_accum", panel="Optimization"),
+    block_size: Optional[int] = train_option("block_size", panel="Data"),
+    lr: Optional[float] = train_option("lr", panel="Optimization"),
+    min_lr: Optional[float] = train_option("min_lr", panel="Optimization"),
+    schedule: Optional[str] = train_option("schedule", panel="Optimization"),
+    warmup_steps: Optional[int] = train_option("warmup_steps", panel="Optimization"),
+    weight_decay: Optional[float] = train_option("weight_decay", panel="Optimization"),
+    beta1: Optional[float] = train_option("beta1", panel="Optimization"),
+    beta2: Optional[float] = train_option("beta2", panel="Optimization"),
+    grad_clip: Optional[float] = train_option("grad_clip", panel="Optimization"),
+    dropout: Optional[float] = train_option("dropout", panel="Model"),
+    label_smoothing: Optional[float] = train_option("label_smoothing", panel="Family objectives"),
+    seed: Optional[int] = train_option("seed", panel="Optimization"),
+    precision: Optional[str] = train_option("precision", panel="Devices"),
+    activation_checkpointing: Optional[bool] = train_option("activation_checkpointing", "--activation-checkpointing", "--gradient-checkpointing", panel="Memory"),
+    lora: Optional[bool] = train_option("lora", "--lora", panel="Memory"),
+    lora_r: Optional[int] = train_option("lora_r", panel="Memory"),
+    lora_alpha: Optional[float] = train_option("lora_alpha", panel="Memory"),
+    lora_dropout: Optional[float] = train_option("lora_dropout", panel="Memory"),
+    lora_targets: Optional[str] = train_option("lora_targets", panel="Memory"),
+    quantize: Optional[str] = train_option("quantize", panel="Memory"),
+    dry_run: Optional[bool] = train_option("dry_run", "--dry-run", panel="Output"),
+    compile: Optional[bool] = train_option("compile", "--compile/--no-compile", panel="Devices"),
+    num_processes: Optional[int] = train_option("num_processes", panel="Devices"),
+    strategy: Optional[str] = train_option("strategy", panel="Devices"),
+    num_machines: Optional[int] = train_option("num_machines", panel="Devices"),
+    machine_rank: Optional[int] = train_option("machine_rank", panel="Devices"),
+    main_process_ip: Optional[str] = train_option("main_process_ip", panel="Devices"),
+    main_process_port: Optional[int] = train_option("main_process_port", panel="Devices"),
+    eval_every: Optional[int] = train_option("eval_every", panel="Evaluation and checkpoints"),
+    eval_batches: Optional[int] = train_option("eval_batches", panel="Evaluation and checkpoints"),
+    save_every: Optional[int] = train_option("save_every", panel="Evaluation and checkpoints"),
+    keep_last: Optional[int] = train_option("keep_last", panel="Evaluation and checkpoints"),
+    early_stopping_patience: Optional[int] = train_option("early_stopping_patience", panel="Evaluation and checkpoints"),
+    resume: Optional[str] = train_option("resume", panel="Evaluation and checkpoints"),
+    overwrite: Optional[bool] = train_option("overwrite", "--overwrite", panel="Output"),
+    log_every: Optional[int] = train_option("log_every", panel="Output"),
+    report_to: Optional[list[str]] = train_option("report_to", panel="Output"),
+    on_nan: Optional[str] = train_option("on_nan", panel="Evaluation and checkpoints"),
+    callbacks: Optional[list[str]] = train_option("callbacks", "--callback", panel="Output"),
+    family_option: Optional[list[str]] = train_option("family_options", "--family-option", panel="Family objectives", help=field_help("family_options") + " `lmctl plugins list` shows each family's options."),
+    mlm_probability: Optional[float] = train_option("mlm_probability", panel="Family objectives"),
+    plm_probability: Optional[float] = train_option("plm_probability", panel="Family objectives"),
+    max_span_length: Optional[int] = train_option("max_span_length", panel="Family objectives"),
+    generator_size: Optional[float] = train_option("generator_size", panel="Family objectives"),
+    generator_config: Optional[list[str]] = train_option("generator_config", panel="Family objectives"),
+    discriminator_weight: Optional[float] = train_option("discriminator_weight", panel="Family objectives"),
+    offline: Optional[bool] = train_option("offline", "--offline", panel="Model"),
+    trust_remote_code: Optional[bool] = train_option("trust_remote_code", "--trust-remote-code", panel="Model"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", show_default=False, help="No dashboard or log lines (metrics.jsonl is still written).", rich_help_panel='Output'),
 ) -> None:
     from lmctl.workflows.train.config import load_config_file, merge
 
@@ -116,6 +159,10 @@ def train_command(
     config = merge(file_settings, cli_settings)
     if not config.train:
         raise typer.BadParameter("no training data: pass --train FILE (or set train in --config)", param_hint="--train")
+    if int(os.environ.get("RANK", "0")) == 0:
+        from lmctl.cli.early_checks import check_train
+
+        check_train(config)  # usage errors that need no model, before torch is imported
 
     if config.dry_run:
         from lmctl.cli.display import print_plan
@@ -126,9 +173,14 @@ def train_command(
         return
 
     from lmctl.cli.display import PrepareProgress, make_train_display
-    from lmctl.workflows.train.trainer import train as run_training
+    from lmctl.cli.waiting import Waiting
 
-    result = run_training(config, quiet=quiet, display=make_train_display, prepare_progress=PrepareProgress("auto"))
+    with Waiting("loading torch and transformers", stream=sys.stderr) as waiting:
+        from lmctl.workflows.train.trainer import train as run_training
+
+        result = run_training(
+            config, quiet=quiet, display=make_train_display, prepare_progress=PrepareProgress("auto"), status=waiting
+        )
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under a multi-process launch only the main process reports
     if config.machine_rank != 0:  # machine 0 writes the model, checkpoints and metrics

@@ -50,6 +50,10 @@ def quiet_libraries() -> None:
         # it again, or a Hub that cannot be reached prints ten "Retrying in 1s" lines.
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
         hf_logging.disable_progress_bar()  # weight-loading bars, and (below) the Hub's download bars
+        # Saving: "Writing model shards: 0%|..." at every checkpoint, whatever re-enabled bars
+        # (the Hub's download bars on a terminal share transformers' switch in some versions).
+        if hasattr(hf_logging, "set_tqdm_hook"):
+            hf_logging.set_tqdm_hook(_hide_save_bars)
         # A download can take minutes: keep its progress bars on a terminal, and only there (in a
         # log they are lines of carriage returns).  HF_HUB_DISABLE_PROGRESS_BARS=1 still wins.
         if sys.stderr.isatty() and not os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"):
@@ -60,3 +64,10 @@ def quiet_libraries() -> None:
     if datasets is not None:
         datasets.logging.set_verbosity_error()
         datasets.disable_progress_bars()  # lmctl shows its own progress
+
+
+def _hide_save_bars(factory, args, kwargs):  # noqa: ANN001, ANN202 - transformers' tqdm hook signature
+    """transformers' tqdm hook: bars of saving are never shown (lmctl says when it saved)."""
+    if str(kwargs.get("desc", "")).startswith("Writing model shards"):
+        kwargs = {**kwargs, "disable": True}
+    return factory(*args, **kwargs)

@@ -261,21 +261,48 @@ def _model_limit(name: str, trust_remote_code: bool) -> int | None:
     return max_positions(SimpleNamespace(**load_config_dict(model_source(name), trust_remote_code=trust_remote_code)))
 
 
+def raw_text_convention(config: EvalConfig, model_name: str) -> dict[str, Any]:
+    """How raw text is cut into documents for ``model_name``: ``--document-split`` /
+    ``--line-by-line`` when given, else what the model was trained with (its lmctl_model.json),
+    else prepare's default (blank lines).  ``source`` says which."""
+    from lmctl.core.run_dir import read_model_info
+
+    info = read_model_info(model_name)
+    if config.document_split is not None or config.line_by_line:
+        split = "lines" if config.line_by_line and config.document_split is None else config.document_split
+        return {"document_split": split, "line_by_line": config.line_by_line, "source": "option"}
+    if info:
+        return {
+            "document_split": info.get("document_split"),
+            "line_by_line": bool(info.get("line_by_line")),
+            "source": "trained",
+        }
+    return {"document_split": None, "line_by_line": False, "source": "default"}
+
+
 def _prepare_raw(config: EvalConfig, files: list[str], model_name: str, family: Any, block_size: int, progress: Any) -> Any:
     """Raw text files, tokenized with the model's own tokenizer into the prepare cache (reused by
-    later runs with the same files, tokenizer and options)."""
+    later runs with the same files, tokenizer and options), with the model's document convention."""
     from lmctl.core.prepared import PreparedData
     from lmctl.workflows.prepare import PrepareConfig, prepare_cached
 
+    convention = raw_text_convention(config, model_name)
     settings: dict[str, Any] = dict(
         train=list(files),
         tokenizer=model_name,
         family=family.name,
         block_size=block_size,
-        line_by_line=config.line_by_line,
-        document_split=config.document_split,
+        line_by_line=convention["line_by_line"],
+        document_split=None if convention["line_by_line"] else convention["document_split"],
     )
     return PreparedData(prepare_cached(PrepareConfig(**settings), progress=progress))
+
+
+def _convention_label(convention: dict[str, Any]) -> str:
+    """``blank-lines (as trained)``: the document convention a raw-text result used, and why."""
+    split = "lines (line by line)" if convention["line_by_line"] else convention["document_split"] or "blank-lines"
+    why = {"option": "as asked", "trained": "as trained", "default": "default"}[convention["source"]]
+    return f"{split} ({why})"
 
 
 def _load_model(name: str, family: Any, trust_remote_code: bool) -> Any:
@@ -351,6 +378,7 @@ def evaluate(
     from lmctl.core.precision import autocast_context, resolve_precision
     from lmctl.core.prepared import PreparedData
     from lmctl.core.quiet import quiet_libraries
+    from lmctl.core.run_dir import read_model_info
     from lmctl.plugins.registry import resolve_family
 
     apply_offline(config.offline)
@@ -366,7 +394,14 @@ def evaluate(
     # Each model's family must know every --family-option (one line listing its options if not).
     options = [parse_options(family, config.family_options) for family in families]
     limits = [_model_limit(m, config.trust_remote_code) for m in config.models]
-    block_size = resolve_block_size(config, limits, data.block_size if data else None)
+    # Raw text: the block size the models were trained with (lmctl_model.json) when every model
+    # records one, else their position limits.
+    trained_blocks = [read_model_info(m).get("block_size") for m in config.models]
+    if data is None and trained_blocks and all(isinstance(b, int) and b > 1 for b in trained_blocks):
+        data_block: int | None = min(trained_blocks)
+    else:
+        data_block = data.block_size if data else None
+    block_size = resolve_block_size(config, limits, data_block)
     if config.block_size is None and any(f.requires_even_block_size for f in families) and block_size % 2:
         block_size -= 1
     if config.stride is not None and not 1 <= config.stride <= block_size:
@@ -424,6 +459,7 @@ def evaluate(
                 "data": str(model_data.path) if data is not None else [str(f) for f in raw_files],
                 "split": split.name,
                 "data_hash": hashes[key],
+                **({"document_split": _convention_label(raw_text_convention(config, name))} if data is None else {}),
                 "text_hash": text_hash(model_data, split.name),
                 "settings": {
                     "block_size": block_size,

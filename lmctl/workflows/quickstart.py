@@ -31,25 +31,40 @@ def write_corpus(directory: Path) -> Path:
 class QuickstartResult:
     out: Path
     train: Any
-    sample: str
+    sample: str | None
     prompt: str = "The for statement"
 
 
-def quickstart(out: str | Path = "runs/quickstart", *, max_steps: int = 300, prompt: str = "The for statement", quiet: bool = False, display: Any = None) -> QuickstartResult:
+def quickstart(
+    out: str | Path = "runs/quickstart",
+    *,
+    max_steps: int = 300,
+    prompt: str = "The for statement",
+    quiet: bool = False,
+    display: Any = None,
+    status: Any = None,
+) -> QuickstartResult:
+    """Train, evaluate and sample; ``result.sample`` is None when training did not finish
+    (``result.train.interrupted`` says why): nothing is sampled then."""
     from lmctl.core.run_lock import run_lock
 
     out = Path(out)
     # The run owns --out from the resume decision to the sample (train() holds it again inside).
     with run_lock(out, command="lmctl quickstart"):
-        return _quickstart(out, max_steps=max_steps, prompt=prompt, quiet=quiet, display=display)
+        return _quickstart(out, max_steps=max_steps, prompt=prompt, quiet=quiet, display=display, status=status)
 
 
-def _quickstart(out: Path, *, max_steps: int, prompt: str, quiet: bool, display: Any) -> QuickstartResult:
+def _quickstart(out: Path, *, max_steps: int, prompt: str, quiet: bool, display: Any, status: Any) -> QuickstartResult:
+    from lmctl.core.run_dir import final_model_present, has_earlier_run, has_unfinished_checkpoints
     from lmctl.workflows.generate import GenerationSettings, generate_text
     from lmctl.workflows.train.config import TrainConfig
     from lmctl.workflows.train.trainer import train
 
     corpus = write_corpus(out.parent / "quickstart-data")
+    # The quickstart owns its directory: an interrupted quickstart is continued, a finished one
+    # (or anything else lmctl trained there) is replaced, so every quickstart ends consistent.
+    resume = "auto" if has_unfinished_checkpoints(out) else None
+    overwrite = resume is None and has_earlier_run(out)
     config = TrainConfig(
         model="gpt2",
         from_scratch=True,
@@ -66,9 +81,14 @@ def _quickstart(out: Path, *, max_steps: int, prompt: str, quiet: bool, display:
         eval_every=max(1, max_steps // 5),
         save_every=0,
         out=str(out),
-        resume="auto" if (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("step-*")) else None,
+        resume=resume,
+        overwrite=overwrite,
     )
-    result = train(config, quiet=quiet, display=display)
+    result = train(config, quiet=quiet, display=display, status=status)
+    if result.interrupted is not None or not final_model_present(out):
+        # Interrupted (Ctrl-C, SIGTERM, NaN): no final model was written by this run; never sample
+        # from whatever an earlier run left behind.
+        return QuickstartResult(out=out, train=result, sample=None, prompt=prompt)
 
     from lmctl.workflows.generate import load_model
 

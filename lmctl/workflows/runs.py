@@ -77,6 +77,8 @@ def summarize(run_dir: Path) -> dict[str, Any]:
     result = record.get("result", {})
     evals = [e["eval/loss"] for e in events if "eval/loss" in e and math.isfinite(e["eval/loss"])]
     steps = max((e.get("step", 0) for e in events), default=0)
+    if isinstance(result.get("steps"), int) and record.get("status") != "running":
+        steps = result["steps"]  # where the run ended (an interruption saves a step not yet logged)
     best = min(evals) if evals else None
     block = resolved.get("block_size") or 0
     batch = (config.get("batch_size") or 0) * (config.get("grad_accum") or 1) * (resolved.get("world_size") or 1)
@@ -132,6 +134,26 @@ def curves_for(run_dirs: list[Path], metric: str) -> dict[str, list[tuple[int, f
     return curves
 
 
+def objective_caveat(run_dirs: list[Path]) -> str | None:
+    """A warning when runs of different families (objectives) share a plot: a masked model's loss
+    is over its masked tokens only, an ELECTRA loss mixes two objectives; the axes are shared
+    but the numbers do not compare."""
+    families = []
+    for run in run_dirs:
+        try:
+            family = json.loads((Path(run) / "run.json").read_text()).get("resolved", {}).get("family")
+        except (OSError, ValueError):
+            family = None
+        if family and family not in families:
+            families.append(family)
+    if len(families) < 2:
+        return None
+    return (
+        f"these runs train different objectives ({', '.join(families)}): their losses share an axis but do not "
+        "compare (a masked model predicts only its masked tokens, from both sides)"
+    )
+
+
 def write_png(run_dirs: list[Path], path: str | Path) -> Path:
     """Loss and perplexity curves of one or more runs as a PNG (matplotlib, imported only here).
 
@@ -180,7 +202,11 @@ def write_png(run_dirs: list[Path], path: str | Path) -> Path:
         if ax.get_legend_handles_labels()[0]:  # an empty panel (ELECTRA has no train perplexity) gets no legend
             ax.legend(fontsize=8)
     fig.suptitle(", ".join(label for _, label, _ in runs))
+    caveat = objective_caveat([run for run, _, _ in runs])
     fig.tight_layout()
+    if caveat:
+        fig.subplots_adjust(bottom=0.2)
+        fig.text(0.5, 0.02, "note: " + caveat, ha="center", fontsize=7, wrap=True)
     out = Path(path)
     tmp = out.with_name(f".{out.name}.tmp.png")
     fig.savefig(tmp)

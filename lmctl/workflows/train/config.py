@@ -82,7 +82,8 @@ class TrainConfig:
     save_every: int | None = config_field(None, "Checkpoint every N steps (0: only at the end; default: with each evaluation).")
     keep_last: int = config_field(2, "Checkpoints to keep (the best by eval loss is kept as well).")
     early_stopping_patience: int = config_field(0, "Stop after N evaluations without improvement (0 disables).")
-    resume: str | None = config_field(None, "Resume from 'auto' (the latest checkpoint in --out) or a checkpoint directory.")
+    resume: str | None = config_field(None, "Resume from 'auto' (the latest checkpoint in --out) or a checkpoint directory; --max-steps/--epochs may change (docs/train.md).")
+    overwrite: bool = config_field(False, "Replace an earlier run in --out (its model, checkpoints and logs) instead of refusing to start.")
     log_every: int = config_field(10, "Log training metrics every N optimizer steps.")
     report_to: list[str] = config_field([], "Also log to these Accelerate trackers: tensorboard, wandb, mlflow, ...")
     callbacks: list[str] = config_field([], "Run this training callback, by name (repeatable; `lmctl plugins list` shows the installed ones). Plugin callbacks run only when chosen.")
@@ -160,6 +161,8 @@ class TrainConfig:
             raise UsageError(f"--lora-r must be a positive integer, got {self.lora_r}")
         if self.lora and not 0 <= self.lora_dropout < 1:
             raise UsageError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.resume and self.overwrite:
+            raise UsageError("--resume and --overwrite conflict: continue the earlier run, or replace it")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise UsageError("--grad-clip and --weight-decay must not be negative")
 

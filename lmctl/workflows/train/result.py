@@ -25,4 +25,5 @@ class TrainResult:
     """Peak memory of the (main) process: CUDA max allocated on a GPU, max RSS on a CPU."""
     estimated_peak_memory_bytes: int | None = None
     """The plan's estimate of that peak (:mod:`lmctl.core.memory_plan`)."""
+    final_files: list[str] | None = None  # the final model's files in OUT (what --overwrite removes)
     metrics: list[dict[str, Any]] = field(default_factory=list)

@@ -67,10 +67,11 @@ from lmctl.workflows.train.strategy import (
     resolve_strategy,
 )
 
-# Settings that must not change between a run and its resumption.
+# Settings that must not change between a run and its resumption.  The step budget
+# (total_steps: --max-steps / --epochs) is recorded but may change: see docs/train.md, "Resuming".
 FINGERPRINT_KEYS = (
     "model", "family", "from_scratch", "model_config", "preset", "block_size", "global_batch", "seed",
-    "data_hash", "schedule", "lr", "min_lr", "warmup_steps", "total_steps", "weight_decay", "beta1", "beta2",
+    "data_hash", "schedule", "lr", "min_lr", "warmup_steps", "weight_decay", "beta1", "beta2",
     "line_by_line", "family_options", "dropout", "lora",
 )  # fmt: skip
 
@@ -241,9 +242,17 @@ class Trainer:
     """Owns one training run: state, the loop, evaluation, checkpoints and outputs."""
 
     def __init__(
-        self, config: TrainConfig, *, quiet: bool = False, display: DisplayFactory | None = None, prepare_progress: Any = None
+        self,
+        config: TrainConfig,
+        *,
+        quiet: bool = False,
+        display: DisplayFactory | None = None,
+        prepare_progress: Any = None,
+        status: Callable[[str | None], None] | None = None,
     ) -> None:
         self.config = config
+        # What the run is waiting for before its first step (the CLI shows a spinner); None: nothing.
+        self.status: Callable[[str | None], None] = status or (lambda text: None)
         self.quiet = quiet
         self.display_factory = display
         self.prepare_progress = prepare_progress
@@ -258,6 +267,7 @@ class Trainer:
         self.nan_in_a_row = 0
         self.nan_skipped = 0
         self.warn: Callable[[str], None] = stderr_line  # warnings that must be seen, even with --quiet
+        self.elapsed_before = 0.0  # training seconds of the sessions before a resume
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -315,6 +325,8 @@ class Trainer:
             if self.lora is not None and not family.lora:
                 raise UsageError(f"--lora: the {family.name} family does not support LoRA adapters; train all weights without --lora")
             model = None
+            if not config.from_scratch:
+                self.status(f"loading {config.model}")
             if not config.from_scratch and self._reads_weights_on_main_only():
                 # FSDP: rank 0 reads the weights; the others build the architecture on the meta
                 # device and receive their shards from it when the model is sharded.
@@ -391,6 +403,7 @@ class Trainer:
         # With no accelerator, say so: Accelerate then runs multi-process CPU training over gloo.
         self.use_cpu = not torch.cuda.is_available() and not torch.backends.mps.is_available()
         self.state = PartialState(cpu=self.use_cpu)
+        self.status(None)  # preparing raw files shows its own progress
         self.data = resolve_data(config, family, tokenizer_source, self.block_size, self.state, self.prepare_progress)
         self.tokenizer = self.data.load_tokenizer()
         self._check_same_data()
@@ -418,6 +431,7 @@ class Trainer:
 
         config, family, tokenizer = self.config, self.family, self.tokenizer
         set_seed(config.seed)
+        self.status(f"building {config.model}" if model is None else f"setting up {config.model}")
         if model is None:
             model = self._build_from_scratch(tokenizer)
         elif config.dropout is not None:
@@ -490,6 +504,9 @@ class Trainer:
                 self.precision, self.precision_timings = remembered["precision"], remembered.get("timings_s", {})
                 self.precision_source = "remembered"
             else:
+                # A few forward/backward passes in fp32 and bf16: not training steps, so the
+                # dashboard (not started yet) never counts them; the CLI says what it waits for.
+                self.status("measuring precision (fp32 vs bf16 steps)")
                 self.precision, self.precision_timings = measure_faster_precision(
                     lambda precision: self._probe_step(model, self.tokenizer, self.block_size, precision)
                 )
@@ -557,6 +574,13 @@ class Trainer:
         self.lr = config.lr if config.lr is not None else (1e-3 if config.from_scratch else 5e-5)
         self.min_lr = config.min_lr if config.min_lr is not None else self.lr / 10
         self.warmup = config.warmup_steps if config.warmup_steps is not None else min(100, self.total_steps // 10)
+        saved = self._resume_state()
+        if saved is not None:
+            # A resumed run may have a new step budget; what was derived from the old one stays
+            # (the warm-up already happened), so the schedule changes only where it must.
+            resolved = saved.get("fingerprint", {})
+            if config.warmup_steps is None and isinstance(resolved.get("warmup_steps"), int):
+                self.warmup = resolved["warmup_steps"]
         self.eval_every = config.eval_every if config.eval_every is not None else max(1, self.total_steps // 10)
         if self.val_split is None:
             self.eval_every = 0
@@ -612,17 +636,27 @@ class Trainer:
         self.collate = self.family.make_collator(self.tokenizer, self.options)
         self.collate_generator = torch.Generator().manual_seed(self.config.seed)
 
+    def _resume_state(self) -> dict[str, Any] | None:
+        """The trainer state of the checkpoint being resumed (None when not resuming or not found)."""
+        if not self.config.resume:
+            return None
+        try:
+            return ckpt.read_state(ckpt.find_resume_checkpoint(self.out, self.config.resume))
+        except (UsageError, LmctlError):
+            return None  # reported properly by _resume
+
     def _setup_resume(self) -> None:
         """Continue from a checkpoint (same settings), or refuse to mix runs in one directory."""
+        from lmctl.core.run_dir import check_new_run_dir, clear_run, has_earlier_run
+
         self.start_step = 0
         self.fingerprint = self._fingerprint()
         if self.config.resume:
             self._resume(self.config.resume)
-        elif self.is_main and ckpt.list_checkpoints(self.out):
-            raise UsageError(
-                f"{self.out} already has checkpoints from an earlier run: pass --resume auto to continue it, "
-                "or choose another --out"
-            )
+        elif self.is_main:
+            check_new_run_dir(self.out, resume=None, overwrite=self.config.overwrite)
+            if self.config.overwrite and has_earlier_run(self.out):
+                clear_run(self.out)  # only an earlier lmctl run's own files
 
     def _prepare_for_training(self) -> None:
         import torch
@@ -711,7 +745,15 @@ class Trainer:
         changed = [k for k in FINGERPRINT_KEYS if saved.get(k) != self.fingerprint.get(k)]
         if changed:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {self.fingerprint.get(k)!r}" for k in changed[:4])
-            raise UsageError(f"cannot resume from {path}: the run config changed ({details}); start a new --out")
+            raise UsageError(
+                f"cannot resume from {path}: the run config changed ({details}); only --max-steps/--epochs and the "
+                "settings listed in docs/train.md (Resuming) may change: start a new --out (or pass --overwrite)"
+            )
+        if int(state["step"]) > self.total_steps:
+            raise UsageError(
+                f"cannot resume from {path}: it is at step {state['step']}, past the {self.total_steps} steps asked for; "
+                f"pass --max-steps {state['step']} or more"
+            )
         layout = state.get("layout", "whole")
         wanted = "sharded" if self.strategy.name == "fsdp" else "whole"
         if layout != wanted:
@@ -728,7 +770,11 @@ class Trainer:
         self.best_eval_loss = state.get("best_eval_loss")
         self.best_step = state.get("best_step")
         self.evals_without_improvement = int(state.get("evals_without_improvement", 0))
+        self.elapsed_before = float(state.get("elapsed_s") or 0.0)
         self.resumed_from = str(path)
+        previous_total = saved.get("total_steps")
+        if isinstance(previous_total, int) and previous_total != self.total_steps:
+            self.budget_change = (previous_total, self.total_steps)
 
     def _load_whole_checkpoint(self, path: Path) -> None:
         """DDP: the main process reads the weights and optimizer (other machines have no copy) and
@@ -860,7 +906,9 @@ class Trainer:
         """The loop: for each optimizer step, set the lr, accumulate micro-batches, check, step;
         then log, evaluate, checkpoint and stop as the intervals say."""
         config = self.config
-        started = time.perf_counter()
+        # Elapsed time continues across resumes: the checkpoint holds the seconds trained before.
+        started = time.perf_counter() - self.elapsed_before
+        self.started = started
         self._start_outputs()
         meter = IntervalMeter(self, started)
         step = self.start_step
@@ -908,7 +956,14 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if self.is_main:
             self._warn_if_disk_is_short()
+            if self.config.resume:
+                from lmctl.core.run_dir import remove_final_model
+
+                # An earlier completion's final model, card and curves would now disagree with
+                # run.json and metrics.jsonl; its weights are in the checkpoint being resumed.
+                remove_final_model(self.out)
             write_json_atomic(self.out / "run.json", self._run_record(status="running"))
+        self.status(None)
         self.display = (
             self.display_factory(self.is_main) if self.display_factory and not self.quiet else SilentDisplay()
         )
@@ -917,6 +972,21 @@ class Trainer:
         warning = self.memory and memory_warning(self.memory.total, available_memory_bytes(self.accelerator.device))
         if warning:
             self.display.message(warning)
+        # Where the run stands before its first step: the dashboard's step counter, total and
+        # (after a resume) the whole run's best evaluation and elapsed time.
+        self.display.update(
+            {
+                "step": self.start_step, "total_steps": self.total_steps, "best_eval_loss": self.best_eval_loss,
+                "best_eval_step": self.best_step, "elapsed_s": round(self.elapsed_before, 2), "initial": True,
+            }
+        )  # fmt: skip
+        if getattr(self, "budget_change", None):
+            before, after = self.budget_change
+            self.display.message(
+                f"resuming at step {self.start_step} with a new budget: {before} -> {after} steps; the {self.config.schedule} "
+                f"learning-rate schedule now runs over {after} steps (lr at step {self.start_step}: "
+                f"{learning_rate(self.start_step, lr=self.lr, min_lr=self.min_lr, warmup=self.warmup, total=self.total_steps, schedule=self.config.schedule):.3g})"
+            )
         self._callback("on_train_begin", self.callback_info(plan))
         self.metrics_file = None
         if self.is_main:
@@ -942,6 +1012,9 @@ class Trainer:
         """Final evaluation and model, run.json, callbacks; close everything."""
         result.steps = step
         result.final_train_loss = meter.last_train_loss
+        if result.interrupted is None and not any(s == step for s, _ in ckpt.list_checkpoints(self.out)):
+            # The last step's full state, so that `--resume auto --max-steps N` can continue a finished run.
+            self.save_checkpoint(step)
         if result.interrupted in (None, "early-stopping"):
             if self.val_split is not None:
                 result.final_eval = self._evaluate(step, max_batches=None, final=True)
@@ -951,7 +1024,11 @@ class Trainer:
         result.estimated_peak_memory_bytes = self.memory.total if self.memory is not None else None
         result.wall_seconds = round(time.perf_counter() - started, 2)
         result.best_eval_loss = self.best_eval_loss
-        result.best_checkpoint = str(ckpt.checkpoints_dir(self.out) / f"step-{self.best_step}") if self.best_step else None
+        best_dir = ckpt.checkpoints_dir(self.out) / f"step-{self.best_step}" if self.best_step else None
+        # Only a checkpoint that exists (the best step is kept when it was saved; an evaluation
+        # between two saves has none).
+        result.best_checkpoint = str(best_dir) if best_dir is not None and best_dir.is_dir() else None
+        result.final_files = getattr(self, "final_files", None)
         result.metrics = self.metrics
         if self.is_main:
             write_json_atomic(self.out / "run.json", self._run_record(status=result.interrupted or "finished", result=result))
@@ -1216,6 +1293,21 @@ class Trainer:
         acc.wait_for_everyone()
         return final
 
+    def model_info(self) -> dict[str, Any]:
+        """What ``lmctl_model.json`` records beside every saved model (see lmctl.core.run_dir)."""
+        split = self.data.manifest.get("document_split")
+        return {
+            "document_split": None if split in (None, "auto") else split,
+            "line_by_line": bool(self.data.manifest.get("line_by_line", self.config.line_by_line)),
+            "block_size": self.block_size,
+        }
+
+    def _save_model(self, directory: Path) -> None:
+        from lmctl.core.run_dir import write_model_info
+
+        self.family.save(self.accelerator.unwrap_model(self.model), self.tokenizer, directory)
+        write_model_info(directory, self.model_info())
+
     def _failed_save(self, exc: BaseException, tmp: Path | None, what: str) -> None:
         """A failed save (full disk, quota, I/O error) removes its partial directory, which holds
         the very space that ran out, and never touches the checkpoints before it; then it raises
@@ -1313,7 +1405,7 @@ class Trainer:
                 # lets this checkpoint resume on another number of processes.
                 merge_rank_metadata(tmp, self.world)
         else:
-            self.family.save(self.accelerator.unwrap_model(self.model), self.tokenizer, tmp)
+            self._save_model(tmp)
             if self.strategy.name != "deepspeed":
                 optimizer = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
                 ckpt.save_optimizer(optimizer, tmp)
@@ -1333,6 +1425,7 @@ class Trainer:
             "evals_without_improvement": self.evals_without_improvement,
             "fingerprint": self.fingerprint,
             "precision": self.precision,
+            "elapsed_s": round(time.perf_counter() - self.started, 2) if hasattr(self, "started") else self.elapsed_before,
             "lmctl_version": library_versions().get("lmctl"),
         }
         # Written last: a checkpoint counts as complete only with its trainer_state.json.
@@ -1356,11 +1449,15 @@ class Trainer:
         if tmp.exists():
             shutil.rmtree(tmp)
         try:
+            from lmctl.core.run_dir import write_model_info
+
             self.family.save(model, self.tokenizer, tmp)
+            write_model_info(tmp, self.model_info())
             (tmp / "README.md").write_text(model_card(self, result))
             ckpt.fsync_tree(tmp)
         except Exception as exc:
             self._failed_save(exc, tmp, f"the final model to {self.out}")
+        self.final_files = sorted(entry.name for entry in tmp.iterdir())
         for entry in tmp.iterdir():
             target = self.out / entry.name
             if target.is_dir() and not target.is_symlink():
@@ -1535,6 +1632,7 @@ def train(
     display: DisplayFactory | None = None,
     prepare_progress: Any = None,
     warn: Callable[[str], None] | None = None,
+    status: Callable[[str | None], None] | None = None,
 ) -> TrainResult:
     """Train a model as ``config`` says and return what happened.  See the module docstring.
 
@@ -1542,7 +1640,8 @@ def train(
     without it, or with ``quiet``, nothing is shown (metrics.jsonl is written all the same).
     ``prepare_progress`` receives the progress of preparing raw files (see
     :class:`lmctl.workflows.prepare.SilentProgress`).  ``warn(line)`` receives warnings and notes
-    that must be seen even when quiet (default: stderr)."""
+    that must be seen even when quiet (default: stderr).  ``status(text)`` is told what the run waits
+    for before its first step (``status(None)``: nothing any more)."""
     from lmctl.core.hub import apply_offline
 
     config.validate()
@@ -1556,7 +1655,10 @@ def train(
         launched = "LOCAL_RANK" in os.environ or "RANK" in os.environ
         if (config.num_processes > 1 or config.num_machines > 1) and not launched:
             return launch_processes(config)
-        trainer = Trainer(config, quiet=quiet, display=display, prepare_progress=None if quiet else prepare_progress)
+        trainer = Trainer(
+            config, quiet=quiet, display=display, prepare_progress=None if quiet else prepare_progress,
+            status=None if quiet else status,
+        )  # fmt: skip
         trainer.warn = warn
         launcher_fsdp = os.environ.get("ACCELERATE_USE_FSDP")  # masked while lmctl shards (see _setup_strategy)
         try:
