@@ -156,8 +156,13 @@ def test_a_full_disk_during_a_checkpoint_save_keeps_the_last_good_one(tmp_path, 
     made = lmctl(*args)
     assert made.returncode == 0, made.stderr
     size = sum(f.stat().st_size for f in (out / "checkpoints" / "step-2").iterdir())
-    # As if the run had stopped after its first checkpoint: resuming writes step-4 next.
-    subprocess.run(["rm", "-rf", str(out / "checkpoints" / "step-4")], check=True)
+    # As if the run had stopped after its first checkpoint: resuming writes step-4 next (a finished
+    # run also checkpoints its last step, so that one goes too).
+    for later in ("step-4", "step-6"):
+        subprocess.run(["rm", "-rf", str(out / "checkpoints" / later)], check=True)
+    from lmctl.core.run_dir import remove_final_model
+
+    remove_final_model(out)  # a run stopped at step 2 has no final model yet
     before = tree_hashes(out)
 
     if kind == "tmpfs":

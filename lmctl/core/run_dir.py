@@ -75,7 +75,11 @@ def describe_earlier_run(out: str | Path) -> str:
 
 def check_new_run_dir(out: str | Path, *, resume: str | None, overwrite: bool) -> None:
     """A run without --resume may start only in a directory with no earlier run, or with
-    --overwrite: mixing two runs' files in one directory leaves it inconsistent."""
+    --overwrite: mixing two runs' files in one directory leaves it inconsistent.  A directory
+    another live run is writing is refused first, whatever the flags (see :mod:`lmctl.core.run_lock`)."""
+    from lmctl.core.run_lock import refuse_if_held_elsewhere
+
+    refuse_if_held_elsewhere(out)
     if resume or overwrite or not has_earlier_run(out):
         return
     raise UsageError(

@@ -145,6 +145,21 @@ def acquire(out: str | os.PathLike, *, command: str = "lmctl", note: Callable[[s
     raise RunLockedError(f"could not lock {out}: other processes keep taking it; use another --out")
 
 
+def refuse_if_held_elsewhere(out: str | os.PathLike) -> None:
+    """Refuse at once (before slow work) when another live run holds ``out``'s lock; the lock is
+    taken for real by :func:`acquire` later, which settles any race."""
+    out = Path(out).expanduser()
+    path = lock_path(out)
+    if path.absolute() in _held:
+        return
+    owner = _read(path)
+    if owner and not _stale(owner) and owner.get("pid") != os.getpid():
+        raise RunLockedError(
+            f"{out} is in use by another run ({describe_owner(owner)}); wait for it to end or use "
+            f"another --out (if that run is gone, delete {path})"
+        )
+
+
 def _stale(owner: dict[str, Any]) -> bool:
     """A lock that no running process holds: torn, or this host's and its pid is gone (or is us,
     reused after a restart: this process never took it)."""
