@@ -81,3 +81,18 @@ def test_dynamic_import_detector_finds_one(tmp_path):
         assert len(_dynamic_imports(sample)) == 2
     finally:
         ROOT = saved
+
+
+def test_help_imports_no_numeric_library():
+    """`lmctl --help` builds the plugin registry (the families' modules) but imports neither torch
+    nor numpy: heavy modules load inside the functions that use them (start-up stays instant)."""
+    code = (
+        "import sys\n"
+        "sys.argv = ['lmctl', '--help']\n"
+        "from lmctl.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('numpy', 'torch', 'transformers', 'datasets', 'accelerate', 'peft') if m in sys.modules]\n"
+        "sys.stderr.write('HEAVY=' + ','.join(heavy) + '\\n')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "HEAVY=\n" in result.stderr, result.stderr[-2000:]

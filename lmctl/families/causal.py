@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from lmctl.families.base import Family, LossOutput, option, row_seeded
 from lmctl.hookspecs import hookimpl
 from lmctl.kit.scoring import (
@@ -99,6 +97,7 @@ class CausalFamily(Family):
 def evaluate_causal(family: Any, model: Any, tokenizer: Any, split: Any, settings: EvalSettings) -> dict:
     """Next-token NLL over the whole text, with (sliding) windows; each token is predicted once: the first window scores its ``block_size`` predictions, every further
     window moves ``stride`` tokens on and scores only the new ones (docs/eval.md)."""
+    import numpy as np
     import torch
 
     from lmctl.core.device import host_to_device

@@ -10,15 +10,16 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from lmctl.errors import LmctlError, UsageError
 from lmctl.families.base import Family, LossOutput, max_positions, option
 from lmctl.families.masked import BERT_SPECIAL_TOKENS, make_mlm_collator
 from lmctl.hookspecs import hookimpl
 from lmctl.kit.scoring import IGNORE, EvalSettings, covered_all, mean_or_nan, roc_auc, seeded_blocks, sum_nll
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 
 def generator_config(discriminator_config: Any, fraction: float, overrides: dict[str, Any] | None = None) -> Any:
@@ -183,6 +184,7 @@ def evaluate_electra(family: Any, model: Any, tokenizer: Any, split: Any, settin
     """Generator MLM loss on the masked tokens; discriminator replaced-token detection on every
     non-padding token (as in training and the ELECTRA paper), replacements sampled from the
     generator with each block's seeded generator."""
+    import numpy as np
     import torch
 
     generator_model = getattr(model, "generator", None)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from lmctl.errors import UsageError
 from lmctl.families.base import Family, LossOutput, mask_tokens, option
@@ -24,6 +22,9 @@ from lmctl.kit.scoring import (
     special_ids,
     sum_nll,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 # Special tokens of tokenizers trained for BERT-style families.  Packed documents are separated by
 # [SEP] (the base class picks it: these tokenizers have no EOS).
@@ -130,6 +131,7 @@ def evaluate_masked(family: Any, model: Any, tokenizer: Any, split: Any, setting
 def evaluate_pseudo_perplexity(family: Any, model: Any, tokenizer: Any, split: Any, settings: EvalSettings) -> dict:
     """Pseudo-log-likelihood (Salazar et al., 2020): every non-special token of each block is
     masked in turn and scored from the rest of its block; one copy of the block per token, batched."""
+    import numpy as np
     import torch
 
     mask_id = tokenizer.mask_token_id

@@ -16,11 +16,12 @@ import contextlib
 import math
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from lmctl.errors import LmctlError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 LN2 = math.log(2.0)
 IGNORE = -100
@@ -59,6 +60,7 @@ class EvalSettings:
 
 def seeded_generator(seed: int, index: int) -> Any:
     """A torch generator for item ``index`` of a run with ``seed`` (independent streams per item)."""
+    import numpy as np
     import torch
 
     state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(index)]).generate_state(2, dtype=np.uint32)
@@ -76,6 +78,8 @@ def sequences(split: Any, head: list[int], specials: Collection[int] = ()) -> It
     the first document of a stream.  Prepare already starts examples that way; this covers data
     written otherwise.
     """
+    import numpy as np
+
     if split.offsets is None:
         yield split.tokens
         return
@@ -92,6 +96,8 @@ def sequences(split: Any, head: list[int], specials: Collection[int] = ()) -> It
 def text_tokens(split: Any, head: list[int], specials: Collection[int] = ()) -> int:
     """Predicted tokens when the text is scored left to right: all but the first of each sequence
     (counting the ``head`` that :func:`sequences` adds)."""
+    import numpy as np
+
     if split.offsets is None:
         return max(0, split.num_tokens - 1)
     offsets = np.asarray(split.offsets, dtype=np.int64)
@@ -125,6 +131,8 @@ def target_chunks(length: int, first: int, stride: int) -> Iterator[tuple[int, i
 
 def causal_windows(seq: np.ndarray, block_size: int, stride: int) -> Iterator[Window]:
     """Windows whose logits at position i predict input i + 1 (the next token)."""
+    import numpy as np
+
     for a, b in target_chunks(len(seq), block_size, stride):
         start = max(0, b - 1 - block_size)
         ids = np.asarray(seq[start : b - 1], dtype=np.int64)
@@ -135,6 +143,8 @@ def causal_windows(seq: np.ndarray, block_size: int, stride: int) -> Iterator[Wi
 
 def in_place_windows(seq: np.ndarray, block_size: int, stride: int) -> Iterator[Window]:
     """Windows whose output at position i predicts input i itself (XLNet's query stream)."""
+    import numpy as np
+
     stride = min(stride, block_size - 1)  # the first token of a window is context only
     for a, b in target_chunks(len(seq), block_size - 1, stride):
         start = max(0, b - block_size)
@@ -172,6 +182,8 @@ def length_sorted(windows: Iterator[Window], pool: int) -> Iterator[Window]:
 
 def stack_windows(windows: list[Window], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Right-pad windows into [B, W] ids (pad_id), labels (-100 on padding) and attention mask."""
+    import numpy as np
+
     width = max(len(w.ids) for w in windows)
     ids = np.full((len(windows), width), pad_id, dtype=np.int64)
     labels = np.full((len(windows), width), IGNORE, dtype=np.int64)
@@ -186,6 +198,8 @@ def stack_windows(windows: list[Window], pad_id: int) -> tuple[np.ndarray, np.nd
 def blocks(split: Any, block_size: int) -> Iterator[np.ndarray]:
     """Non-overlapping blocks covering every token (the last one of each sequence may be short),
     exactly the tokens training sees (nothing is added to line-by-line examples)."""
+    import numpy as np
+
     for seq in sequences(split, []):
         for start in range(0, len(seq), block_size):
             block = np.asarray(seq[start : start + block_size], dtype=np.int64)
@@ -229,6 +243,7 @@ def collate_blocks(
     results are the same as block by block; any other collator is called once per block.
     Returns the batch and the per-block generators (for further seeded draws).
     """
+    import numpy as np
     import torch
 
     generators = [seeded_generator(seed, first_index + offset) for offset in range(len(rows))]
@@ -383,6 +398,8 @@ def covered_all(split: Any, settings: EvalSettings, covered: int) -> bool:
 
 def roc_auc(scores: np.ndarray, truth: np.ndarray) -> float | None:
     """Area under the ROC curve (Mann-Whitney U with tied scores averaged); None with one class."""
+    import numpy as np
+
     truth = np.asarray(truth, dtype=bool)
     positives = int(truth.sum())
     negatives = int(truth.size - positives)
