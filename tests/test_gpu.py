@@ -256,11 +256,13 @@ def test_resume_is_exact_on_cuda(precision, causal_data, tmp_path):
     common = dict(max_steps=30, dropout=0.1, grad_accum=2, batch_size=4, precision=precision)
     straight = train(tiny_config(causal_data, tmp_path / "a", "causal", **common), quiet=True)
     registry = get_registry()
-    registry.callbacks.append(StopAt(15))
+    registry.callbacks["stop-at-15"] = StopAt(15)  # a callback runs only when the run names it
     try:
-        first = train(tiny_config(causal_data, tmp_path / "b", "causal", save_every=0, **common), quiet=True)
+        first = train(
+            tiny_config(causal_data, tmp_path / "b", "causal", save_every=0, callbacks=["stop-at-15"], **common), quiet=True
+        )
     finally:
-        registry.callbacks.pop()
+        del registry.callbacks["stop-at-15"]
     assert first.interrupted == "SIGINT" and first.steps == 15
     second = train(tiny_config(causal_data, tmp_path / "b", "causal", resume="auto", **common), quiet=True)
     assert second.steps == 30

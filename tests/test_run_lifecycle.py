@@ -100,11 +100,11 @@ def test_interrupted_continuation_leaves_the_directory_consistent(prepared, tmp_
     train_quiet(prepared, run)
     assert (run / "model.safetensors").is_file() and (run / "README.md").is_file()
     registry = get_registry()
-    registry.callbacks.append(StopAt(13))
+    registry.callbacks["stop-at-13"] = StopAt(13)  # a callback runs only when the run names it
     try:
-        stopped = train_quiet(prepared, run, max_steps=20, resume="auto")
+        stopped = train_quiet(prepared, run, max_steps=20, resume="auto", callbacks=["stop-at-13"])
     finally:
-        registry.callbacks.pop()
+        del registry.callbacks["stop-at-13"]
     assert stopped.interrupted == "SIGINT" and stopped.steps == 13
     # The finished model of step 10 is gone: run.json, metrics.jsonl and checkpoints tell one story.
     assert not (run / "model.safetensors").exists() and not (run / "README.md").exists()
