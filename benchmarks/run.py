@@ -34,8 +34,10 @@ AREAS = {
     "generate": ["bench_generate.py", "--runs", "5", "--markdown", "benchmarks/results/generate.md"],
     "errors": ["bench_errors.py"],
     "load": ["bench_load.py"],
+    # Two revisions side by side (here: the restructure against the commit before it).
+    "compare": ["bench_compare.py", "1e0e534", "97f06b3", "--pairs", "5"],
 }
-ORDER = ["cli", "errors", "load", "prepare", "train", "eval", "generate"]
+ORDER = ["cli", "errors", "load", "prepare", "train", "eval", "generate", "compare"]
 
 HEADER = """# Benchmarks
 
