@@ -148,6 +148,8 @@ def acquire(out: str | os.PathLike, *, command: str = "lmctl", note: Callable[[s
 def refuse_if_held_elsewhere(out: str | os.PathLike) -> None:
     """Refuse at once (before slow work) when another live run holds ``out``'s lock; the lock is
     taken for real by :func:`acquire` later, which settles any race."""
+    if not should_hold():
+        return  # a launched worker, or a rank other than 0: the launching process holds the lock
     out = Path(out).expanduser()
     path = lock_path(out)
     if path.absolute() in _held:
