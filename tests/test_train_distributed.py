@@ -31,7 +31,7 @@ def env():
 
 def common(prepared: Path) -> list[str]:
     return ["--model", "gpt2", "--from-scratch", "--preset", "tiny", "--train", str(prepared), "--max-steps", str(STEPS),
-            "--block-size", "32", "--log-every", "1", "--eval-every", "0", "--save-every", "4", "--dropout", "0",
+            "--block-size", "32", "--log-every", "1", "--eval-every", "0", "--save-every", "4", "--keep-last", "5", "--dropout", "0",
             "--precision", "fp32", "--quiet"]  # fmt: skip
 
 
