@@ -53,9 +53,12 @@ def has_earlier_run(out: str | Path) -> bool:
     p = Path(out)
     if not p.is_dir():
         return False
-    return (p / "run.json").is_file() or bool(ckpt.list_checkpoints(p)) or (
-        (p / "metrics.jsonl").is_file() and final_model_present(p)
-    )
+    if bool(ckpt.list_checkpoints(p)) or final_model_present(p):
+        return True
+    # A run.json alone is an earlier run that saved nothing (killed while starting): starting again
+    # loses nothing, so it is not refused; a finished or interrupted one has a model or checkpoints.
+    record = read_run_record(p)
+    return bool(record) and record.get("status") not in (None, "running")
 
 
 def has_unfinished_checkpoints(out: str | Path) -> bool:
