@@ -81,6 +81,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO))  # the in-process phases (eval, generate, profile) import lmctl from this tree
 SHARED = REPO.parent / "shared"
 
 # Dense bf16 tensor-core peaks from the vendors' datasheets (TFLOP/s, without sparsity), matched
@@ -104,6 +105,20 @@ PEAK_BF16_TFLOPS = [
     ("RTX 3090", 71.0),
     ("V100", 125.0),  # fp16 tensor cores (no bf16)
 ]
+
+
+PHASES = (
+    "lmctl",
+    "lmctl-compile",
+    "hf",
+    "hf-compile",
+    "nanogpt",
+    "nanogpt-compile",
+    "eval",
+    "tests",
+    "profile",
+    "variants",
+)
 
 
 @dataclass(frozen=True)
@@ -176,7 +191,9 @@ class Bench:
             "shape": self.shape.__dict__,
             "phases": {},
             "errors": {},
+            "skipped": {},
         }
+        self.began = time.perf_counter()
         self.log = (self.out / "log.txt").open("w", encoding="utf-8")
 
     # -------------------------------------------------------------- helpers
@@ -185,7 +202,14 @@ class Bench:
         self.log.write(text + "\n")
         self.log.flush()
 
-    def phase(self, name: str, fn) -> Any:
+    def phase(self, name: str, fn, optional: bool = False) -> Any:
+        spent = time.perf_counter() - self.began
+        if optional and self.args.budget and spent > self.args.budget:
+            self.results["skipped"][name] = (
+                f"over the --budget of {self.args.budget:.0f} s ({spent:.0f} s spent)"
+            )
+            self.say(f"== {name}: skipped, {self.results['skipped'][name]}")
+            return None
         self.say(f"== {name}")
         began = time.perf_counter()
         try:
@@ -196,6 +220,13 @@ class Bench:
             return None
         finally:
             self.results["phases"][name] = round(time.perf_counter() - began, 1)
+            self.save()  # a run stopped at the device's time limit still brings back what it measured
+
+    def save(self) -> None:
+        (self.out / "results.json").write_text(json.dumps(self.results, indent=1), encoding="utf-8")
+        section = markdown(self.results)
+        (self.out / "results.md").write_text(section, encoding="utf-8")
+        (self.out / "gpu.md").write_text(section, encoding="utf-8")
 
     def run(self, cmd: list[str], cwd: Path | None = None, timeout: float | None = None) -> subprocess.CompletedProcess:
         self.say("$ " + " ".join(str(c) for c in cmd))
@@ -253,6 +284,15 @@ class Bench:
     def tests(self) -> dict:
         xml = self.out / "gpu-tests.xml"
         cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}"]
+        if self.args.tests_k:
+            cmd += ["-k", self.args.tests_k]
+        # Each test is mostly a CLI subprocess's start-up and a compile, not GPU work: with
+        # pytest-xdist (on the GPU image) four at a time share the card; the tests that start
+        # process groups stay in one worker (xdist_group "process-group").
+        probe = [sys.executable, "-c", "import xdist, pytest_timeout"]
+        have = subprocess.run(probe, env=self.env, capture_output=True).returncode == 0
+        if have and self.device == "cuda" and self.args.test_workers > 1:
+            cmd += ["-n", str(self.args.test_workers), "--dist", "loadgroup", "--timeout", "200"]
         self.say("$ " + " ".join(cmd))
         done = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=self.args.tests_timeout)
         self.log.write(done.stdout[-8000:] + done.stderr[-2000:] + "\n")
@@ -634,39 +674,160 @@ class Bench:
         self.results["profile_top"] = table.splitlines()[:14]  # the header and the 10 costliest ops
         return table
 
+    # -------------------------------------------------------------- 6. variants of lmctl's step
+    def variants(self) -> list[dict]:
+        """lmctl's training step timed in this process, to choose defaults from measurements:
+        eager or ``torch.compile``; the fused output layer + cross-entropy or the model's logits and
+        ``F.cross_entropy``; with the loop's one per-step host sync (the finite check) or without.
+        Each: median milliseconds per step over the steps after a warm-up, tokens/s, MFU."""
+        import gc
+
+        import torch
+
+        import lmctl.kit.losses as losses
+        from lmctl.workflows.train.config import TrainConfig
+        from lmctl.workflows.train.trainer import Trainer
+
+        s, c = self.shape, self.common_train()
+        cuda = self.device == "cuda"
+        warm, timed = (8, 20) if not self.args.tiny else (2, 3)
+        cases = [("eager", False, True, True), ("eager, logits loss", False, False, True),
+                 ("eager, no per-step sync", False, True, False), ("compiled", True, True, True),
+                 ("compiled, logits loss", True, False, True), ("compiled, no per-step sync", True, True, False),
+                 ("compiled, no cuDNN attention", True, True, True)]  # fmt: skip
+        if self.args.variant:
+            cases = [case for case in cases if case[0] in self.args.variant]
+        fused_output_layer = losses.fused_output_layer
+        rows: list[dict] = []
+        self.results["variants"] = rows
+        for name, compile_, fused, sync in cases:
+            spent = time.perf_counter() - self.began
+            if self.args.budget and spent > self.args.budget + 60:
+                rows.append({"variant": name, "skipped": f"over budget ({spent:.0f} s)"})
+                continue
+            began = time.perf_counter()
+            try:
+                losses.fused_output_layer = fused_output_layer if fused else (lambda model: None)
+                if cuda:
+                    torch.backends.cuda.enable_cudnn_sdp("cuDNN" not in name)
+                config = TrainConfig(
+                    model="gpt2", from_scratch=True, train=[str(self.prepared)], out=str(self.work / "variant"),
+                    model_config=[f"n_layer={s.layers}", f"n_head={s.heads}", f"n_embd={s.dim}", f"vocab_size={s.vocab}"],
+                    block_size=s.block, batch_size=s.batch, max_steps=warm + timed, lr=c["lr"], precision=self.precision,
+                    eval_every=0, save_every=0, dropout=0.0, compile=compile_, overwrite=True,
+                )  # fmt: skip
+                trainer = Trainer(config, quiet=True)
+                trainer.setup()
+                times = []
+                for i in range(warm + timed):
+                    if cuda:
+                        torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    loss, grad_norm, _ = trainer._train_step(i)
+                    if sync:
+                        bool(torch.isfinite(loss + grad_norm))
+                    trainer.optimizer.step()
+                    trainer.optimizer.zero_grad(set_to_none=True)
+                    if not sync and i < warm + timed - 1:
+                        times.append(None)  # timed as a run of steps below
+                        continue
+                    if cuda:
+                        torch.cuda.synchronize()
+                    times.append(time.perf_counter() - t0)
+                if not sync:  # steps without a sync can only be timed together: time the run again
+                    if cuda:
+                        torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    for i in range(timed):
+                        loss, grad_norm, _ = trainer._train_step(i)
+                        trainer.optimizer.step()
+                        trainer.optimizer.zero_grad(set_to_none=True)
+                    if cuda:
+                        torch.cuda.synchronize()
+                    step_s = (time.perf_counter() - t0) / timed
+                else:
+                    step_s = statistics.median(times[warm:])
+                if self.args.profile and cuda:
+                    from torch.profiler import ProfilerActivity, profile
+
+                    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                        trainer._train_step(0)
+                        trainer.optimizer.step()
+                        trainer.optimizer.zero_grad(set_to_none=True)
+                        torch.cuda.synchronize()
+                    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+                    with (self.out / "profile-variants.txt").open("a", encoding="utf-8") as handle:
+                        handle.write(f"\n\n===== {name}\n{table}\n")
+                tps = s.batch * s.block / step_s
+                row = {"variant": name, "compile": compile_, "fused_loss": fused, "per_step_sync": sync,
+                       "ms_per_step": round(step_s * 1000, 2), "tokens_per_s": round(tps, 1),
+                       "mfu_datasheet": round(tps * flops_per_token(s) / self.peak, 4) if self.peak else None,
+                       "mfu_measured": round(tps * flops_per_token(s) / self.measured_rate, 4) if getattr(self, "measured_rate", None) else None,
+                       "loss": round(float(loss), 4), "wall_s": round(time.perf_counter() - began, 1)}  # fmt: skip
+                if cuda:
+                    row["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated())
+                    torch.cuda.reset_peak_memory_stats()
+            except Exception as exc:  # noqa: BLE001 - one variant failing must not lose the others
+                row = {"variant": name, "error": f"{type(exc).__name__}: {exc}"[:500]}
+                self.say(traceback.format_exc())
+            finally:
+                losses.fused_output_layer = fused_output_layer
+                if cuda:
+                    torch.backends.cuda.enable_cudnn_sdp(True)
+                trainer = None
+                gc.collect()
+                if cuda:
+                    torch.cuda.empty_cache()
+                torch._dynamo.reset()
+            rows.append(row)
+            self.say(f"   {name}: {row}")
+            self.save()
+        return rows
+
     # -------------------------------------------------------------- the whole run
+    def wanted(self, phase: str) -> bool:
+        if self.args.only:
+            return phase in self.args.only.split(",")
+        a = self.args
+        return {
+            "lmctl": True, "lmctl-compile": not a.tiny, "hf": not a.quick, "hf-compile": not (a.quick or a.tiny),
+            "nanogpt": bool(a.nanogpt) and not a.quick, "nanogpt-compile": bool(a.nanogpt) and not (a.quick or a.tiny),
+            "eval": not a.quick, "tests": not a.skip_tests, "profile": a.profile, "variants": a.variants,
+        }[phase]  # fmt: skip
+
     def main(self) -> int:
         args = self.args
+        want = self.wanted
         self.phase("machine", self.describe)
         self.results["install"] = self.phase("install", self.install)
-        if not args.skip_tests:
-            self.results["tests"] = self.phase("tests", self.tests)
         self.results["data"] = self.phase("prepare", self.prepare)
         self.results["matmul"] = self.phase("matmul rate", self.matmul_rate)
         if self.results["data"] is not None:
-            self.phase("lmctl train", lambda: self.lmctl_row(False))
-            if not args.tiny:
-                self.phase("lmctl train --compile", lambda: self.lmctl_row(True))
-            if not args.quick:
-                self.phase("HF Trainer", lambda: self.hf_row(False))
-                if not args.tiny:
-                    self.phase("HF Trainer, torch_compile", lambda: self.hf_row(True))
-                if args.nanogpt:
-                    self.phase("nanoGPT", lambda: self.nanogpt_row(False))
-                    if not args.tiny:
-                        self.phase("nanoGPT, compile", lambda: self.nanogpt_row(True))
-                else:
-                    self.results["nanogpt"] = "skipped: no --nanogpt DIR"
-                if getattr(self, "lmctl_model", None):
-                    self.phase("eval and generate", self.eval_and_generate)
+            for key, name, fn in [
+                ("lmctl", "lmctl train", lambda: self.lmctl_row(False)),
+                ("lmctl-compile", "lmctl train --compile", lambda: self.lmctl_row(True)),
+                ("hf", "HF Trainer", lambda: self.hf_row(False)),
+                ("hf-compile", "HF Trainer, torch_compile", lambda: self.hf_row(True)),
+                ("nanogpt", "nanoGPT", lambda: self.nanogpt_row(False)),
+                ("nanogpt-compile", "nanoGPT, compile", lambda: self.nanogpt_row(True)),
+            ]:
+                if want(key):
+                    self.phase(name, fn)
+            if not args.nanogpt and not args.quick:
+                self.results["nanogpt"] = "skipped: no --nanogpt DIR"
+            if want("eval") and getattr(self, "lmctl_model", None):
+                self.phase("eval and generate", self.eval_and_generate)
+        # The tests after the figures: a test that hangs until its timeout cannot cost the table.
+        if want("tests"):
+            self.results["tests"] = self.phase("tests", self.tests)
         self.results["checks"] = checks(self.results)
         missed = any(check["met"] is False for check in self.results["checks"] if check["area"] == "training")
-        if getattr(self, "prepared", None) and (args.profile or (missed and not args.tiny and not args.quick)):
-            self.phase("profile", self.profile)
-        (self.out / "results.json").write_text(json.dumps(self.results, indent=1), encoding="utf-8")
+        if getattr(self, "prepared", None) and (want("profile") or (missed and not args.tiny and not args.quick)):
+            self.phase("profile", self.profile, optional=True)
+        if getattr(self, "prepared", None) and want("variants"):
+            self.phase("variants", self.variants, optional=True)
+        self.save()
         section = markdown(self.results)
-        (self.out / "results.md").write_text(section, encoding="utf-8")
-        (self.out / "gpu.md").write_text(section, encoding="utf-8")
         if args.update_docs:
             (HERE / "results").mkdir(exist_ok=True)
             (HERE / "results" / "gpu.md").write_text(section, encoding="utf-8")
@@ -783,6 +944,18 @@ def markdown(results: dict) -> str:
         for c in results["checks"]:
             met = {True: "yes", False: "**no**", None: "-"}[c["met"]]
             lines.append(f"| {c['check']} | {c['measured']} | {c['target']} | {met} |")
+    if results.get("variants"):
+        lines += ["", "lmctl's step in one process (`--variants`): median ms per step after a warm-up.", "",
+                  "| variant | ms/step | tokens/s | MFU (datasheet) | MFU (measured matmul) | loss |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        for v in results["variants"]:
+            if "ms_per_step" in v:
+                lines.append(f"| {v['variant']} | {v['ms_per_step']} | {_fmt(v['tokens_per_s'], ',.0f')} | "
+                             f"{_fmt(v['mfu_datasheet'], '.1%')} | {_fmt(v['mfu_measured'], '.1%')} | {v['loss']} |")  # fmt: skip
+            else:
+                lines.append(f"| {v['variant']} | {v.get('error') or v.get('skipped')} | - | - | - | - |")
+    if results.get("skipped"):
+        lines += ["", "Skipped: " + "; ".join(f"{k}: {v}" for k, v in results["skipped"].items())]
     if results.get("profile_top"):
         lines += ["", "Where one lmctl training step's time goes (torch profiler, `profile.txt` in the output folder):",
                   "", "```text", *results["profile_top"], "```"]  # fmt: skip
@@ -804,10 +977,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="optimizer steps per training row (default 60; tiny 10)")
     p.add_argument("--text", action="append", help="corpus file(s) (default: .gpu/data/*.txt, ../shared/data, or pydoc text)")
     p.add_argument("--skip-tests", action="store_true", help="do not run the gpu-marked tests")
+    p.add_argument("--tests-k", help="pytest -k expression selecting some of the gpu tests")
+    p.add_argument("--variant", action="append", help="with --variants: only this one (repeatable)")
+    p.add_argument("--only", help="comma-separated phases to run (of: " + ", ".join(PHASES) + ")")
     p.add_argument("--profile", action="store_true", help="always write a profiler summary of one lmctl step")
     p.add_argument("--update-docs", action="store_true", help="write benchmarks/results/gpu.md and reassemble docs/benchmarks.md")
     p.add_argument("--timeout", type=float, default=300, help="seconds allowed to each training subprocess")
     p.add_argument("--tests-timeout", type=float, default=240, help="seconds allowed to the gpu tests")
+    p.add_argument(
+        "--test-workers",
+        type=int,
+        default=4,
+        help="gpu tests run at once (with pytest-xdist; 1: one at a time)",
+    )
+    p.add_argument(
+        "--budget", type=float, help="seconds after which the optional phases (profile, variants) are skipped"
+    )
+    p.add_argument(
+        "--variants",
+        action="store_true",
+        help="time lmctl's step in-process: eager/compiled x fused/logits loss x per-step sync",
+    )
     args = p.parse_args(argv)
     if args.tiny:
         # --tiny runs on the CPU, also on a GPU machine; tiny models run fastest on one thread, and

@@ -293,6 +293,7 @@ print("REPORT " + json.dumps(report))
 """
 
 
+@pytest.mark.xdist_group("process-group")  # one worker: both start process groups
 def test_world_size_1_nccl_process_group_through_torchrun(causal_data, tmp_path):
     config = dict(model="gpt2", from_scratch=True, preset="tiny", train=[str(causal_data)], out=str(tmp_path / "run"),
                   max_steps=6, batch_size=8, block_size=32, log_every=1, eval_every=0, precision="bf16")  # fmt: skip
@@ -368,6 +369,7 @@ def test_qlora_4bit_step_on_cuda(tiny_model_dir, causal_data, tmp_path):
     assert all(v == v for v in losses.values())
 
 
+@pytest.mark.xdist_group("process-group")  # one worker: both start process groups
 def test_fsdp2_one_process_step_on_cuda(causal_data, tmp_path):
     needs_flags("--strategy")
     args = [*base_train_args(causal_data), "--model", "gpt2", "--from-scratch", "--preset", "tiny", "--precision", "fp32"]

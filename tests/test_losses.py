@@ -123,3 +123,71 @@ def test_sharded_models_take_the_logits_path():
     partitioned = tiny_model("gpt2")
     partitioned.lm_head.weight.ds_id = 3  # what DeepSpeed ZeRO-3 puts on its partitioned parameters
     assert fused_output_layer(partitioned) is None
+
+
+# --- the compiled chunk kernel's arithmetic (used on CUDA) ----------------------------------------
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_softmax_cross_entropy_grad_matches_autograd(smoothing, dtype):
+    """The function the GPU compiles: summed loss and d(loss)/d(logits) against F.cross_entropy's
+    autograd in float64, ignored rows included."""
+    from lmctl.kit.losses import IGNORE, softmax_cross_entropy_grad
+
+    gen = torch.Generator().manual_seed(3)
+    logits = (torch.randn(37, 301, generator=gen) * 3).to(getattr(torch, dtype))
+    targets = torch.randint(0, 301, (37,), generator=gen)
+    targets[::5] = IGNORE
+    total, grad = softmax_cross_entropy_grad(logits, targets, smoothing)
+    reference = logits.double().requires_grad_()
+    expected = F.cross_entropy(
+        reference, targets, ignore_index=IGNORE, reduction="sum", label_smoothing=smoothing
+    )
+    expected.backward()
+    assert total.dtype == torch.float32 and grad.dtype == logits.dtype
+    assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+    tol = 1e-6 if dtype == "float32" else 1e-2
+    assert torch.allclose(grad.double(), reference.grad, atol=tol * reference.grad.abs().max().item())
+    assert grad[::5].abs().max() == 0  # ignored rows get no gradient
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_fused_loss_through_the_chunk_kernel_matches_the_eager_loop(compiled, monkeypatch):
+    """LinearCrossEntropy with the chunk kernel (what runs on CUDA; here on the CPU, eager or
+    through torch.compile) gives the eager loop's loss and gradients across several chunks."""
+    import lmctl.kit.losses as losses
+
+    gen = torch.Generator().manual_seed(5)
+    n, d, vocab = 300, 32, 4096
+    hidden = torch.randn(n, d, generator=gen).requires_grad_()
+    weight = (torch.randn(vocab, d, generator=gen) * 0.1).requires_grad_()
+    targets = torch.randint(0, vocab, (n,), generator=gen)
+    targets[::7] = losses.IGNORE
+
+    def run():
+        loss = losses.LinearCrossEntropy.apply(hidden, weight, targets, 0.1)
+        loss.backward()
+        grads = hidden.grad.clone(), weight.grad.clone()
+        hidden.grad = weight.grad = None
+        return loss.detach(), grads
+
+    eager_loss, eager_grads = run()
+    kernel = (
+        torch.compile(losses.softmax_cross_entropy_grad, dynamic=False)
+        if compiled
+        else losses.softmax_cross_entropy_grad
+    )
+    calls = []
+
+    def counting(*args):
+        calls.append(args[0].shape[0])
+        return kernel(*args)
+
+    monkeypatch.setattr(losses, "chunk_kernel", lambda device: counting)
+    monkeypatch.setattr(losses, "_chunk_rows", lambda n_rows, vocab, device, compiled=False: 128)
+    kernel_loss, kernel_grads = run()
+    assert calls == [128, 128, 44]
+    assert kernel_loss.item() == pytest.approx(eager_loss.item(), rel=1e-5)
+    for got, want in zip(kernel_grads, eager_grads, strict=True):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-6)

@@ -363,3 +363,46 @@ def test_machines_with_different_data_refuse_to_train(tmp_path, prepared, tokeni
     assert all(proc.returncode != 0 for proc in procs)
     assert "the processes read different training data" in outputs[0][1], outputs[0][1][-2000:]
     assert not (tmp_path / "m0" / "metrics.jsonl").exists()
+
+
+ONE_PROCESS_SCRIPT = """
+import json, sys
+import torch.distributed as dist
+from lmctl.workflows.train.config import TrainConfig
+from lmctl.workflows.train.trainer import Trainer
+
+trainer = Trainer(TrainConfig(**json.loads(sys.argv[1])), quiet=True)
+trainer.setup()
+report = {"wrapper": type(trainer.model).__name__, "world": trainer.world, "backend": dist.get_backend()}
+report["steps"] = trainer.run().steps
+print("REPORT " + json.dumps(report))
+"""
+
+
+def test_a_launcher_of_one_process_gets_ddp_and_the_plain_run_losses(tmp_path, prepared):
+    """``torchrun --nproc_per_node 1``: a process group of one, the DDP wrapper (Accelerate leaves
+    it out at world size 1; lmctl adds it so a launched run runs the code N processes run), and
+    with gradient accumulation the same losses as plain ``lmctl train`` (DDP's no_sync used)."""
+    script = tmp_path / "one.py"
+    script.write_text(ONE_PROCESS_SCRIPT)
+    config = dict(model="gpt2", from_scratch=True, preset="tiny", train=[str(prepared)], out=str(tmp_path / "launched"),
+                  max_steps=6, batch_size=4, grad_accum=2, block_size=32, log_every=1, eval_every=0, dropout=0.0,
+                  precision="fp32")  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", str(script),
+                           json.dumps(config)], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.split("REPORT ", 1)[1].splitlines()[0])
+    assert report == {"wrapper": "DistributedDataParallel", "world": 1, "backend": "gloo", "steps": 6}
+    run("--model", "gpt2", "--from-scratch", "--preset", "tiny", "--train", str(prepared), "--max-steps", "6", "--batch-size", "4",
+        "--grad-accum", "2", "--block-size", "32", "--log-every", "1", "--eval-every", "0", "--dropout", "0", "--precision", "fp32",
+        "--quiet", "--out", str(tmp_path / "plain"), cwd=tmp_path)  # fmt: skip
+
+    def losses(out):
+        lines = [
+            json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()
+        ]
+        return [m["train/loss"] for m in lines if "train/loss" in m]
+
+    launched, plain = losses(tmp_path / "launched"), losses(tmp_path / "plain")
+    assert len(launched) == len(plain) == 6
+    assert launched == pytest.approx(plain, rel=1e-5)

@@ -21,6 +21,7 @@ Targets are "labels" in the Hugging Face sense: the token sequence itself, posit
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 IGNORE = -100
@@ -41,10 +42,63 @@ def next_token_targets(labels: Any, length: int) -> Any:
     return targets[:, :length]
 
 
-def _chunk_rows(n_rows: int, vocab: int, device: Any) -> int:
-    """Rows per chunk: ~2 MB of fp32 logits on a CPU (fits in cache), ~256 MB on an accelerator."""
-    budget = (1 << 19) if device.type == "cpu" else (1 << 26)
+def _chunk_rows(n_rows: int, vocab: int, device: Any, compiled: bool = False) -> int:
+    """Rows per chunk: ~2 MB of fp32 logits on a CPU (fits in cache), ~256 MB on an accelerator;
+    with the compiled chunk kernel (CUDA), 128 M logits (256 MB in bf16): its fp32 math stays in
+    registers, so a chunk costs its logits and their gradient, and fewer chunks mean fewer fp32
+    additions into the weight gradient."""
+    budget = (1 << 19) if device.type == "cpu" else ((1 << 27) if compiled else (1 << 26))
     return max(16, min(n_rows, budget // max(1, vocab)))
+
+
+def softmax_cross_entropy_grad(logits: Any, targets: Any, smoothing: float) -> tuple[Any, Any]:
+    """One chunk's summed cross-entropy (fp32) and its gradient with respect to the logits (in the
+    logits' dtype): ``softmax - (1 - eps) * one_hot - eps / V`` on rows whose target is not -100.
+
+    Written for ``torch.compile`` (see :func:`_compiled_chunk_kernel`): the math is fp32 inside
+    the kernels, the logits are read by one reduction and one elementwise pass, and only the
+    gradient is written.  Eagerly it materialises fp32 temporaries; the eager loop below does the
+    same arithmetic in place instead."""
+    import torch
+
+    vocab = logits.shape[1]
+    valid = (targets != IGNORE).float()[:, None]
+    x = logits.float()
+    top = x.amax(dim=1, keepdim=True)
+    exp = (x - top).exp()
+    sums = exp.sum(dim=1, keepdim=True)
+    lse = top + sums.log()
+    nll = lse - x.gather(1, targets.clamp(min=0)[:, None])
+    if smoothing:  # + eps * (-mean_j log p_j) = eps * (lse - mean_j logit_j)
+        nll = (1.0 - smoothing) * nll + smoothing * (lse - x.mean(dim=1, keepdim=True))
+    one_hot = torch.arange(vocab, device=logits.device)[None, :] == targets[:, None]
+    grad = (exp / sums - (1.0 - smoothing) * one_hot - smoothing / vocab) * valid
+    return (nll * valid).sum(), grad.to(logits.dtype)
+
+
+# The compiled chunk kernel, built on first use on a CUDA device; None once building or running
+# it failed (no Triton, no C compiler): the eager loop then does the work.
+_CHUNK_KERNEL: dict[str, Any] = {}
+
+
+def chunk_kernel(device: Any) -> Any | None:
+    """The compiled chunk kernel on a CUDA device, else None (the eager loop).  On a CPU the eager
+    loop's chunks fit in cache and it is as fast; keeping it there keeps CPU results unchanged."""
+    return _compiled_chunk_kernel() if device.type == "cuda" else None
+
+
+def _compiled_chunk_kernel() -> Any | None:
+    """On a GPU the eager chunk loop is bound by memory traffic: six fp32 passes over each chunk's
+    logits (cast, max, exp, sum, scale, cast back) cost GPT-2 124M about 10 ms of a 43 ms step on an
+    H200 (docs/benchmarks.md, GPU).  Compiled, the passes fuse into two kernels."""
+    if "kernel" not in _CHUNK_KERNEL:
+        try:
+            import torch
+
+            _CHUNK_KERNEL["kernel"] = torch.compile(softmax_cross_entropy_grad, dynamic=False)
+        except Exception:  # noqa: BLE001 - any failure to build means: use the eager loop
+            _CHUNK_KERNEL["kernel"] = None
+    return _CHUNK_KERNEL["kernel"]
 
 
 class LinearCrossEntropy:
@@ -82,12 +136,28 @@ def _build_function() -> Any:
                 grad_h = torch.empty_like(h)
                 grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=device)
                 total = torch.zeros((), dtype=torch.float32, device=device)
-                step = _chunk_rows(n, vocab, device)
+                kernel = chunk_kernel(device)
+                step = _chunk_rows(n, vocab, device, compiled=kernel is not None)
                 # Label smoothing adds eps * (-mean_j log p_j) = eps * (lse - mean_j logit_j), and
                 # mean_j (h . w_j) = h . mean_j w_j: no second pass over the logits.
                 mean_w = w.float().mean(dim=0) if smoothing else None
                 for start in range(0, n, step):
                     hi, ti = h[start : start + step], targets[start : start + step]
+                    if kernel is not None:
+                        try:
+                            chunk_total, grad = kernel(hi @ w.t(), ti, smoothing)
+                        except Exception as exc:  # noqa: BLE001 - fall back to the eager loop for good
+                            _CHUNK_KERNEL["kernel"] = kernel = None
+                            warnings.warn(f"the compiled cross-entropy kernel failed ({type(exc).__name__}); "
+                                          "using the eager loop", RuntimeWarning, stacklevel=2)  # fmt: skip
+                        else:
+                            total += chunk_total
+                            torch.mm(grad, w, out=grad_h[start : start + step])
+                            if dtype == torch.float32:
+                                grad_w.addmm_(grad.t(), hi)
+                            else:
+                                grad_w += (grad.t() @ hi).float()
+                            continue
                     valid = ti != IGNORE
                     index = ti.clamp(min=0)[:, None]
                     logits = (hi @ w.t()).float()

@@ -665,10 +665,35 @@ class Trainer:
             self.model = torch.compile(self.model)
         if not self.sharded:  # a sharded model is already spread over the processes: no DDP wrapper
             self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+            self._wrap_ddp_for_a_launcher_of_one()
         self.model.train()
         if self.report_to:
             settings = {k: v for k, v in self.config.to_dict().items() if isinstance(v, (int, float, str, bool))}
             self.accelerator.init_trackers("lmctl", config=settings)
+
+    def _wrap_ddp_for_a_launcher_of_one(self) -> None:
+        """Under a distributed launcher with one process (``torchrun --nproc_per_node 1``), a DDP
+        wrapper all the same: Accelerate leaves it out at world size 1, but a launched run should
+        run the code that N processes run (gradient hooks, NCCL/gloo all-reduce), e.g. to try a
+        cluster job on one GPU; plain ``lmctl train`` starts no process group and gets none."""
+        import torch
+        import torch.distributed as dist
+
+        if (
+            self.world != 1
+            or self.strategy.name != "ddp"
+            or not (dist.is_available() and dist.is_initialized())
+        ):
+            return
+        if isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
+            return
+        device = self.accelerator.device
+        ids = (
+            [device.index if device.index is not None else torch.cuda.current_device()]
+            if device.type == "cuda"
+            else None
+        )
+        self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
     def _saved_precision(self, config: TrainConfig) -> str | None:
         """The precision a checkpoint being resumed was trained in (None when not resuming)."""
@@ -1112,7 +1137,13 @@ class Trainer:
                 set_gradient_sync(self.model, last)  # reduce-scatter on the last micro-batch only
                 sync: Any = contextlib.nullcontext()
             else:
-                sync = contextlib.nullcontext() if last else acc.no_sync(self.model)
+                # Accelerate's no_sync is a no-op at world size 1: use a DDP wrapper's own (above).
+                own = self.world == 1 and isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
+                sync = (
+                    contextlib.nullcontext()
+                    if last
+                    else (self.model.no_sync() if own else acc.no_sync(self.model))
+                )
             with sync:
                 # The whole loss under autocast, not only the model's forward (which Accelerate
                 # wraps): a family's own output layer (the fused cross-entropy) runs in bf16 too.
