@@ -6,6 +6,7 @@ docs/architecture.md explains the layers; pyproject.toml holds the contracts.
 from __future__ import annotations
 
 import ast
+import os
 import shutil
 import subprocess
 import sys
@@ -96,3 +97,37 @@ def test_help_imports_no_numeric_library():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert "HEAVY=\n" in result.stderr, result.stderr[-2000:]
+
+
+HELP_PAGES = [["--help"], ["train", "--help"], ["train", "-h"], ["prepare", "--help"], ["eval", "--help"],
+              ["generate", "--help"], ["quickstart", "--help"], ["export", "--help"], ["runs", "--help"],
+              ["plot", "--help"], ["plugins", "--help"], ["plugins", "list", "--help"]]  # fmt: skip
+
+
+@pytest.mark.parametrize("args", HELP_PAGES, ids=" ".join)
+def test_help_printed_directly_is_the_page_typer_prints(args):
+    """``lmctl CMD --help`` prints the page from the command definitions without parsing (no
+    pydantic import, no plugin loading for a built-in command); with an option before it
+    (``--debug``) Typer parses and prints the page itself.  Both must be the same bytes."""
+    env = {**os.environ, "COLUMNS": "100", "TERM": "dumb"}
+    direct = subprocess.run([sys.executable, "-m", "lmctl", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    parsed = subprocess.run([sys.executable, "-m", "lmctl", "--debug", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert direct.returncode == parsed.returncode == 0, direct.stderr + parsed.stderr
+    assert direct.stdout == parsed.stdout and direct.stderr == parsed.stderr
+    assert "Usage: python -m lmctl" in direct.stdout
+
+
+def test_built_in_help_imports_neither_pydantic_nor_plugins():
+    code = (
+        "import sys\n"
+        "sys.argv = ['lmctl', 'train', '--help']\n"
+        "from lmctl.cli import main\n"
+        "main()\n"
+        "loaded = [m for m in ('pydantic', 'lmctl.families.causal', 'lmctl.plugins.registry') if m in sys.modules]\n"
+        "sys.stderr.write('LOADED=' + ','.join(loaded) + '\\n')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--max-steps" in result.stdout
+    assert "LOADED=lmctl.plugins.registry\n" in result.stderr or "LOADED=\n" in result.stderr, result.stderr[-500:]
+    assert "pydantic" not in result.stderr.split("LOADED=")[1] and "families" not in result.stderr.split("LOADED=")[1]

@@ -23,7 +23,7 @@ from lmctl.cli import quickstart as quickstart_cmd
 from lmctl.cli import runs as runs_cmd
 from lmctl.cli import train as train_cmd
 from lmctl.errors import click_error_line, print_error
-from lmctl.plugins.commands import add_plugin_commands
+from lmctl.plugins.commands import BUILTIN_COMMANDS, add_plugin_commands
 
 
 class OneLineErrorsGroup(typer.core.TyperGroup):
@@ -107,12 +107,51 @@ app.command("plot", help=runs_cmd.PLOT_HELP, no_args_is_help=True)(runs_cmd.plot
 app.add_typer(plugins_cmd.app, name="plugins")
 
 
+HELP_FLAGS = ("--help", "-h")
+
+
+def print_help_directly(args: list[str]) -> bool:
+    """``lmctl [COMMAND ...] --help``: print the page from the command definitions, without parsing.
+
+    Typer coerces every option value through pydantic, even on the way to a help page, and
+    importing pydantic is a third of ``lmctl train --help``'s wall time; a help page needs no
+    value.  The page is the one Typer prints (same command objects, same renderer: a test compares
+    them).  Anything else (an option before ``--help``, an unknown command, shell completion)
+    returns False and takes the normal path.
+    """
+    if not args or args[-1] not in HELP_FLAGS or any(a.startswith("-") for a in args[:-1]):
+        return False
+    if any(key.endswith("_COMPLETE") for key in os.environ):  # shell completion: Typer's own path
+        return False
+    from typer._click.utils import _detect_program_name
+
+    command = typer.main.get_command(app)
+    ctx = command.context_class(command, info_name=_detect_program_name(), **command.context_settings)
+    for name in args[:-1]:
+        sub = command.get_command(ctx, name) if hasattr(command, "get_command") else None
+        if sub is None:
+            return False
+        command = sub
+        ctx = command.context_class(command, info_name=name, parent=ctx, **command.context_settings)
+    typer.echo(ctx.get_help(), color=ctx.color)
+    return True
+
+
 def main() -> None:
     """Console-script entry point."""
+    import sys
+
     from lmctl.core.threads import configure_cpu_threads
 
     configure_cpu_threads()  # before anything loads torch: idle OpenMP threads sleep instead of spinning
+    args = sys.argv[1:]
+    # A built-in command's help page does not depend on plugins: skip loading them (entry points
+    # and every family module, about 50 ms).  Plugins can add commands, never a built-in's options.
+    if args and args[0] in BUILTIN_COMMANDS and print_help_directly(args):
+        return
     add_plugin_commands(app)
+    if print_help_directly(args):
+        return
     app()
 
 
