@@ -5,4 +5,4 @@ importable functions: :func:`lmctl.workflows.prepare.prepare`, :func:`lmctl.work
 :func:`lmctl.workflows.evaluate.evaluate`, :func:`lmctl.workflows.generate.generate`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
