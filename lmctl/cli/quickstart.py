@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from lmctl.cli.endings import exit_if_signalled
 from lmctl.errors import friendly_errors
 
 HELP = (
@@ -36,13 +37,7 @@ def quickstart_command(
 def report_interruption(result: Any, out: Path) -> None:
     """An interrupted run ends as ``lmctl train`` ends it: one line, exit 130 (SIGINT) or 143 (SIGTERM);
     a run stopped by NaN/inf losses is a failure (exit 1).  Never a success line, never a sample."""
-    if result.interrupted in ("SIGINT", "SIGTERM"):
-        typer.echo(
-            f"interrupted at step {result.steps}; checkpoint saved in {Path(out) / 'checkpoints'}; "
-            "continue with --resume auto (`lmctl quickstart` again continues it too)",
-            err=True,
-        )
-        raise typer.Exit(130 if result.interrupted == "SIGINT" else 143)
+    exit_if_signalled(result, out, "continue with --resume auto (`lmctl quickstart` again continues it too)")
     if result.interrupted == "nan":
         from lmctl.errors import LmctlError
 

@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import typer
 
+from lmctl.cli.endings import exit_if_signalled
 from lmctl.errors import friendly_errors
 from lmctl.workflows.train.config import FIELDS, field_help
 
@@ -186,13 +187,7 @@ def train_command(
     if config.machine_rank != 0:  # machine 0 writes the model, checkpoints and metrics
         typer.echo(f"machine {config.machine_rank} finished; machine 0 saved the run in its --out", err=True)
         return
-    if result.interrupted in ("SIGINT", "SIGTERM"):
-        typer.echo(
-            f"interrupted at step {result.steps}; checkpoint saved in {Path(config.out) / 'checkpoints'}; "
-            "continue with --resume auto",
-            err=True,
-        )
-        raise typer.Exit(130 if result.interrupted == "SIGINT" else 143)
+    exit_if_signalled(result, config.out)
     if result.interrupted == "nan":
         from lmctl.errors import LmctlError
 
