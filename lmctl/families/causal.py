@@ -10,14 +10,11 @@ from lmctl.hookspecs import hookimpl
 from lmctl.kit.scoring import (
     IGNORE,
     EvalSettings,
+    WindowBatches,
     accepts,
-    batched,
     causal_windows,
-    length_sorted,
     mean_or_nan,
     pad_id_of,
-    sequences,
-    special_ids,
     stack_windows,
     sum_nll,
     text_tokens,
@@ -103,25 +100,14 @@ def evaluate_causal(family: Any, model: Any, tokenizer: Any, split: Any, setting
     from lmctl.core.device import host_to_device
 
     device = settings.device
-    separator = family.document_separator(tokenizer)
-    specials = special_ids(tokenizer)
     pad = pad_id_of(tokenizer)
-    windows = (
-        w
-        for seq in sequences(split, separator, specials)
-        for w in causal_windows(seq, settings.block_size, settings.window_stride)
-    )
-    if split.offsets is not None:
-        windows = length_sorted(windows, 64 * settings.batch_size)
-    total_targets = text_tokens(split, separator, specials)
+    batches = WindowBatches(family, tokenizer, split, settings, causal_windows)
+    total_targets = text_tokens(split, batches.separator, batches.specials)
     keep_kwarg = accepts(model, "logits_to_keep")
     extra = {"use_cache": False} if accepts(model, "use_cache") else {}
     total = torch.zeros((), dtype=torch.float64, device=device)
-    tokens, complete = 0, True
-    for n, batch in enumerate(batched(windows, settings.batch_size, None)):
-        if settings.max_batches is not None and n >= settings.max_batches:
-            complete = False
-            break
+    tokens = 0
+    for batch in batches:
         ids, labels, attention = stack_windows(batch, pad)
         # Right padding sits after every real token, so causal attention never lets a real token
         # see it; the mask is passed anyway (all ones without padding: the fast path stays on).
@@ -140,7 +126,7 @@ def evaluate_causal(family: Any, model: Any, tokenizer: Any, split: Any, setting
         tokens += new
         settings.report(new, total_targets)
     loss = mean_or_nan(float(total), tokens)
-    return {"loss": loss, "tokens": tokens, "text_nll": float(total), "complete": complete}
+    return {"loss": loss, "tokens": tokens, "text_nll": float(total), "complete": batches.complete}
 
 
 @hookimpl

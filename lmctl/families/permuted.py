@@ -17,16 +17,13 @@ from lmctl.kit.losses import masked_cross_entropy
 from lmctl.kit.scoring import (
     IGNORE,
     EvalSettings,
-    batched,
+    WindowBatches,
     covered_all,
     in_place_windows,
-    length_sorted,
     mean_or_nan,
     pad_id_of,
     safe_exp,
     seeded_blocks,
-    sequences,
-    special_ids,
     stack_windows,
     sum_nll,
 )
@@ -224,21 +221,10 @@ def xlnet_left_to_right(family: Any, model: Any, tokenizer: Any, split: Any, set
     import torch
 
     device = settings.device
-    separator = family.document_separator(tokenizer)
-    specials = special_ids(tokenizer)
-    windows = (
-        w
-        for seq in sequences(split, separator, specials)
-        for w in in_place_windows(seq, settings.block_size, settings.window_stride)
-    )
-    if split.offsets is not None:
-        windows = length_sorted(windows, 64 * settings.batch_size)
+    batches = WindowBatches(family, tokenizer, split, settings, in_place_windows)
     total = torch.zeros((), dtype=torch.float64, device=device)
-    tokens, complete = 0, True
-    for n, batch in enumerate(batched(windows, settings.batch_size, None)):
-        if settings.max_batches is not None and n >= settings.max_batches:
-            complete = False
-            break
+    tokens = 0
+    for batch in batches:
         ids, labels, _ = stack_windows(batch, pad_id_of(tokenizer))
         inputs = xlnet_left_to_right_inputs(torch.from_numpy(ids).to(device))
         with settings.forward_context():
@@ -247,7 +233,7 @@ def xlnet_left_to_right(family: Any, model: Any, tokenizer: Any, split: Any, set
         new = sum(w.new for w in batch)
         tokens += new
         settings.report(new, 2 * split.num_tokens if split.offsets is None else None)
-    return {"loss": mean_or_nan(float(total), tokens), "tokens": tokens, "text_nll": float(total), "complete": complete}
+    return {"loss": mean_or_nan(float(total), tokens), "tokens": tokens, "text_nll": float(total), "complete": batches.complete}
 
 
 @hookimpl

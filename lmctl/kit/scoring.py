@@ -169,6 +169,34 @@ def batched(items: Iterator[Any], size: int, max_batches: int | None) -> Iterato
         yield batch
 
 
+class WindowBatches:
+    """The batches of scoring windows of a split: each document (``sequences``) cut by ``cut``
+    (:func:`causal_windows` or :func:`in_place_windows`), sorted by length within pools for
+    line-by-line data, at most ``settings.max_batches`` batches; after the loop, ``complete`` says
+    whether every window was scored.  Shared by the windowed evaluations of the families."""
+
+    def __init__(self, family: Any, tokenizer: Any, split: Any, settings: Any, cut: Any) -> None:
+        self.separator = family.document_separator(tokenizer)
+        self.specials = special_ids(tokenizer)
+        self.split, self.settings, self.cut = split, settings, cut
+        self.complete = True
+
+    def __iter__(self) -> Iterator[list[Window]]:
+        settings = self.settings
+        windows = (
+            w
+            for seq in sequences(self.split, self.separator, self.specials)
+            for w in self.cut(seq, settings.block_size, settings.window_stride)
+        )
+        if self.split.offsets is not None:
+            windows = length_sorted(windows, 64 * settings.batch_size)
+        for n, batch in enumerate(batched(windows, settings.batch_size, None)):
+            if settings.max_batches is not None and n >= settings.max_batches:
+                self.complete = False
+                return
+            yield batch
+
+
 def length_sorted(windows: Iterator[Window], pool: int) -> Iterator[Window]:
     """Line-by-line data: sort windows by length within pools, so batches need little padding."""
     buffer: list[Window] = []
