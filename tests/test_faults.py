@@ -389,3 +389,61 @@ def test_run_lock_rules(tmp_path, monkeypatch):
     monkeypatch.setenv(run_lock.HELD_ENV, "1")
     with run_lock.run_lock(out):
         assert not lock.exists()  # the launching process holds it
+
+
+def test_a_dead_unreaped_owner_is_stale(tmp_path):
+    """A SIGKILLed run whose parent is gone too stays a zombie until init reaps it (not at once in a
+    container): it writes nothing any more, so its lock is taken over like that of any dead run."""
+    from lmctl.core import run_lock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # ended, not waited for: a zombie
+    try:
+        deadline = time.time() + 30
+        while not run_lock._zombie(zombie.pid) and time.time() < deadline:
+            time.sleep(0.05)
+        assert run_lock._zombie(zombie.pid) and not run_lock._pid_alive(zombie.pid)
+        (out / ".lmctl.lock").write_text(json.dumps({"pid": zombie.pid, "host": socket.gethostname(), "started": 0}))
+        notes: list[str] = []
+        with run_lock.run_lock(out, note=notes.append):
+            assert json.loads((out / ".lmctl.lock").read_text())["pid"] == os.getpid()
+        assert len(notes) == 1 and "taking it over" in notes[0]
+    finally:
+        zombie.wait()
+    assert not run_lock._zombie(os.getpid()) and run_lock._pid_alive(os.getpid())
+
+
+def test_machines_other_than_0_take_no_lock_and_need_no_checkpoint_of_their_own(tmp_path, monkeypatch):
+    """--num-machines without a shared filesystem: only machine 0's --out holds the run (DDP), so
+    machine 1's stays empty (no lock file, even after a SIGKILL) and its early checks do not refuse
+    --resume auto for want of a checkpoint that machine 0 holds (it would leave machine 0 waiting
+    at the rendezvous).  Machine 0 keeps every check of a single machine."""
+    from lmctl.core import run_lock
+    from lmctl.core.run_dir import check_new_run_dir
+    from lmctl.errors import UsageError
+    from lmctl.workflows import preflight
+    from lmctl.workflows.train.config import TrainConfig
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv(run_lock.HELD_ENV, raising=False)
+    machine0, machine1 = tmp_path / "machine0", tmp_path / "machine1"
+    machine1.mkdir()
+    with run_lock.run_lock(machine1, machine_rank=1):
+        assert list(machine1.iterdir()) == []
+    assert machine1.is_dir() and list(machine1.iterdir()) == []  # neither a lock nor a removed --out
+    with run_lock.run_lock(machine0, machine_rank=0):
+        assert (machine0 / ".lmctl.lock").is_file()
+    assert not run_lock.should_hold(1) and run_lock.should_hold(0)
+
+    def config(rank: int, out: Path, **settings) -> TrainConfig:
+        return TrainConfig(train=["data"], out=str(out), num_machines=2, machine_rank=rank, **settings)
+
+    preflight._check_out(config(1, machine1, resume="auto"))  # machine 0 finds the checkpoint and sends it
+    with pytest.raises(UsageError, match="--resume auto: no checkpoint in"):
+        preflight._check_out(config(0, machine0, resume="auto"))
+    # Only machine 0 looks at locks (its main process holds the run's); a new run on machine 0 does.
+    (machine1 / ".lmctl.lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": 0}))
+    check_new_run_dir(machine1, resume=None, overwrite=False, machine_rank=1)
+    with pytest.raises(run_lock.RunLockedError, match="in use by another run"):
+        check_new_run_dir(machine1, resume=None, overwrite=False, machine_rank=0)

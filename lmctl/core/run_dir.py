@@ -76,13 +76,14 @@ def describe_earlier_run(out: str | Path) -> str:
     return status + (f" at step {steps}" if steps is not None else "")
 
 
-def check_new_run_dir(out: str | Path, *, resume: str | None, overwrite: bool) -> None:
+def check_new_run_dir(out: str | Path, *, resume: str | None, overwrite: bool, machine_rank: int = 0) -> None:
     """A run without --resume may start only in a directory with no earlier run, or with
     --overwrite: mixing two runs' files in one directory leaves it inconsistent.  A directory
-    another live run is writing is refused first, whatever the flags (see :mod:`lmctl.core.run_lock`)."""
+    another live run is writing is refused first, whatever the flags (see :mod:`lmctl.core.run_lock`;
+    ``machine_rank``: this machine's --machine-rank, whose lock only machine 0 takes)."""
     from lmctl.core.run_lock import refuse_if_held_elsewhere
 
-    refuse_if_held_elsewhere(out)
+    refuse_if_held_elsewhere(out, machine_rank=machine_rank)
     if resume or overwrite or not has_earlier_run(out):
         return
     raise UsageError(

@@ -3,9 +3,11 @@
 A run (``lmctl train``, ``lmctl quickstart``) owns its ``--out`` for its whole lifetime: two
 processes writing checkpoints, ``run.json`` and ``metrics.jsonl`` into one directory would leave
 a mix of two runs that neither can resume.  The main process (global rank 0 under a multi-process
-launch; the launching process under ``--num-processes``) creates the lock file atomically
-(``O_CREAT | O_EXCL``) with its pid, host and start time, and removes it when the run ends,
-whether it finishes, fails or is stopped by a signal that lmctl handles.
+launch; the launching process under ``--num-processes``, on machine 0 under ``--num-machines``)
+creates the lock file atomically (``O_CREAT | O_EXCL``) with its pid, host and start time, and
+removes it when the run ends, whether it finishes, fails or is stopped by a signal that lmctl
+handles.  The other machines of a ``--num-machines`` run take no lock: their ``--out`` holds no
+run state (DDP: it stays empty, even after a SIGKILL), and machine 0's lock covers the run.
 
 A process killed outright (SIGKILL, power loss) leaves its lock behind.  Such a lock is *stale*
 when it names this host and a pid that no longer runs: the next run (``--resume auto``) takes it
@@ -57,7 +59,18 @@ def _pid_alive(pid: int) -> bool:
         return True
     except OSError:
         return False
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A process that has ended but is not reaped yet (its parent died too and the container's
+    init does not reap): it writes nothing any more.  Linux only; elsewhere False."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    fields = stat[stat.rfind(")") + 1 :].split()  # after "pid (command name)"
+    return bool(fields) and fields[0] == "Z"
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -145,11 +158,12 @@ def acquire(out: str | os.PathLike, *, command: str = "lmctl", note: Callable[[s
     raise RunLockedError(f"could not lock {out}: other processes keep taking it; use another --out")
 
 
-def refuse_if_held_elsewhere(out: str | os.PathLike) -> None:
+def refuse_if_held_elsewhere(out: str | os.PathLike, *, machine_rank: int = 0) -> None:
     """Refuse at once (before slow work) when another live run holds ``out``'s lock; the lock is
-    taken for real by :func:`acquire` later, which settles any race."""
-    if not should_hold():
-        return  # a launched worker, or a rank other than 0: the launching process holds the lock
+    taken for real by :func:`acquire` later, which settles any race.  ``machine_rank``: this
+    machine's ``--machine-rank`` (only machine 0 takes the lock, see :func:`should_hold`)."""
+    if not should_hold(machine_rank):
+        return  # a launched worker, a rank other than 0 or a machine other than 0: machine 0's main process holds the lock
     out = Path(out).expanduser()
     path = lock_path(out)
     if path.absolute() in _held:
@@ -194,11 +208,16 @@ def release(out: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def run_lock(
-    out: str | os.PathLike, *, command: str = "lmctl", note: Callable[[str], None] | None = None
+    out: str | os.PathLike,
+    *,
+    command: str = "lmctl",
+    note: Callable[[str], None] | None = None,
+    machine_rank: int = 0,
 ) -> Iterator[None]:
     """Hold the run lock of ``out`` for the ``with`` block, unless this process need not hold it:
-    a non-zero rank of a multi-process launch, or a process launched by the lock's holder."""
-    if not should_hold():
+    a non-zero rank of a multi-process launch, the launching process of a machine other than 0
+    (``machine_rank``, its ``--machine-rank``), or a process launched by the lock's holder."""
+    if not should_hold(machine_rank):
         yield
         return
     acquire(out, command=command, note=note)
@@ -228,8 +247,12 @@ def _exit_on_sigterm() -> Any:
     return signal.signal(signal.SIGTERM, unwind)
 
 
-def should_hold() -> bool:
-    """Only global rank 0 holds the lock, and nobody whose launcher already holds it."""
-    if os.environ.get(HELD_ENV):
+def should_hold(machine_rank: int = 0) -> bool:
+    """Only global rank 0 holds the lock, and nobody whose launcher already holds it.
+
+    Under ``--num-machines`` the launching process of each machine runs no rank itself: machine 0's
+    holds the lock for the run, and the others (``machine_rank`` > 0) hold none, so a machine's
+    ``--out`` that receives no files stays empty (a lock left there by a SIGKILL would not)."""
+    if os.environ.get(HELD_ENV) or machine_rank != 0:
         return False
     return int(os.environ.get("RANK", "0") or 0) == 0

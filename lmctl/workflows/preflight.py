@@ -93,10 +93,16 @@ def _check_out(config: Any) -> None:
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; choose a directory path")
+    machine_rank = config.machine_rank
     if config.resume:
-        ckpt.find_resume_checkpoint(out, config.resume)  # "no checkpoint in ..." at once
+        # Only machine 0's --out is sure to hold the checkpoint: under --num-machines it finds it and
+        # sends its state to the others (a DDP machine's --out stays empty; FSDP shards are checked
+        # by the trainer), so a machine other than 0 must not refuse here while machine 0 starts
+        # and waits for it at the rendezvous.
+        if machine_rank == 0:
+            ckpt.find_resume_checkpoint(out, config.resume)  # "no checkpoint in ..." at once
     else:
-        check_new_run_dir(out, resume=None, overwrite=config.overwrite)
+        check_new_run_dir(out, resume=None, overwrite=config.overwrite, machine_rank=machine_rank)
 
 
 def _check_enough_text(config: Any, inputs: list[Any]) -> None:

@@ -1037,7 +1037,7 @@ class Trainer:
         """Final evaluation and model, run.json, callbacks; close everything."""
         result.steps = step
         result.final_train_loss = meter.last_train_loss
-        if result.interrupted is None and not any(s == step for s, _ in ckpt.list_checkpoints(self.out)):
+        if result.interrupted is None and not self._has_checkpoint(step):
             # The last step's full state, so that `--resume auto --max-steps N` can continue a finished run.
             self.save_checkpoint(step)
         if result.interrupted in (None, "early-stopping"):
@@ -1392,6 +1392,20 @@ class Trainer:
                 f"{human_bytes(needed)}: free space or lower --keep-last, or a save will fail"
             )
 
+    def _has_checkpoint(self, step: int) -> bool:
+        """Whether the run already holds a complete checkpoint of ``step``: one answer on every
+        process, since saving is a collective.  Whole weights live in the main process's --out only
+        (another machine's --out is empty: its own answer would be no); sharded checkpoints are on
+        every machine, and a machine that lacks its part makes all save again."""
+        here = any(s == step for s, _ in ckpt.list_checkpoints(self.out))
+        if self.world == 1:
+            return here
+        if self.sharded_layout:
+            return not self._any_process(not here)
+        from lmctl.core.sharding import broadcast_from_main
+
+        return bool(broadcast_from_main(here))
+
     def _any_process(self, flag: bool) -> bool:
         from lmctl.core.sharding import all_gather
 
@@ -1681,8 +1695,8 @@ def train(
     check_inputs(config)
     warn = warn or stderr_line
     # The run owns --out until it ends (see lmctl.core.run_lock); under --num-processes the
-    # launching process holds it for its workers.
-    with run_lock(config.out, command="lmctl train", note=warn):
+    # launching process holds it for its workers, and under --num-machines machine 0's only.
+    with run_lock(config.out, command="lmctl train", note=warn, machine_rank=config.machine_rank):
         launched = "LOCAL_RANK" in os.environ or "RANK" in os.environ
         if (config.num_processes > 1 or config.num_machines > 1) and not launched:
             return launch_processes(config)
