@@ -14,6 +14,7 @@ from typing import Any, Optional
 import typer
 
 from lmctl.cli.endings import exit_if_signalled
+from lmctl.core.run_lock import HELD_ENV
 from lmctl.errors import friendly_errors
 from lmctl.workflows.train.config import FIELDS, field_help
 
@@ -182,8 +183,10 @@ def train_command(
         result = run_training(
             config, quiet=quiet, display=make_train_display, prepare_progress=PrepareProgress("auto"), status=waiting
         )
-    if int(os.environ.get("RANK", "0")) != 0:
-        return  # under a multi-process launch only the main process reports
+    if int(os.environ.get("RANK", "0")) != 0 or os.environ.get(HELD_ENV):
+        # Under a multi-process launch only the main process reports; under lmctl's own launch
+        # (--num-processes, --num-machines) the lmctl process that launched the workers does.
+        return
     if config.machine_rank != 0:  # machine 0 writes the model, checkpoints and metrics
         typer.echo(f"machine {config.machine_rank} finished; machine 0 saved the run in its --out", err=True)
         return
