@@ -141,23 +141,8 @@ def _build_function() -> Any:
                 # Label smoothing adds eps * (-mean_j log p_j) = eps * (lse - mean_j logit_j), and
                 # mean_j (h . w_j) = h . mean_j w_j: no second pass over the logits.
                 mean_w = w.float().mean(dim=0) if smoothing else None
-                for start in range(0, n, step):
-                    hi, ti = h[start : start + step], targets[start : start + step]
-                    if kernel is not None:
-                        try:
-                            chunk_total, grad = kernel(hi @ w.t(), ti, smoothing)
-                        except Exception as exc:  # noqa: BLE001 - fall back to the eager loop for good
-                            _CHUNK_KERNEL["kernel"] = kernel = None
-                            warnings.warn(f"the compiled cross-entropy kernel failed ({type(exc).__name__}); "
-                                          "using the eager loop", RuntimeWarning, stacklevel=2)  # fmt: skip
-                        else:
-                            total += chunk_total
-                            torch.mm(grad, w, out=grad_h[start : start + step])
-                            if dtype == torch.float32:
-                                grad_w.addmm_(grad.t(), hi)
-                            else:
-                                grad_w += (grad.t() @ hi).float()
-                            continue
+                def eager_chunk(hi: Any, ti: Any) -> tuple[Any, Any]:
+                    """softmax_cross_entropy_grad's arithmetic, in place (the path on a CPU)."""
                     valid = ti != IGNORE
                     index = ti.clamp(min=0)[:, None]
                     logits = (hi @ w.t()).float()
@@ -169,14 +154,26 @@ def _build_function() -> Any:
                     nll = lse - picked
                     if smoothing:
                         nll = (1.0 - smoothing) * nll + smoothing * (lse - hi.float() @ mean_w)
-                    total += (nll * valid).sum()
                     # d(loss)/d(logits) = softmax - (1 - eps) * one_hot - eps / V, zero on ignored rows.
                     scale = valid.float() / sums
                     grad = probs.mul_(scale[:, None])
                     grad.scatter_add_(1, index, -(1.0 - smoothing) * valid.float()[:, None])
                     if smoothing:
                         grad.sub_((smoothing / vocab) * valid.float()[:, None])
-                    grad = grad.to(dtype)
+                    return (nll * valid).sum(), grad.to(dtype)
+
+                for start in range(0, n, step):
+                    hi, ti = h[start : start + step], targets[start : start + step]
+                    chunk = None
+                    if kernel is not None:
+                        try:
+                            chunk = kernel(hi @ w.t(), ti, smoothing)
+                        except Exception as exc:  # noqa: BLE001 - fall back to the eager loop for good
+                            _CHUNK_KERNEL["kernel"] = kernel = None
+                            warnings.warn(f"the compiled cross-entropy kernel failed ({type(exc).__name__}); "
+                                          "using the eager loop", RuntimeWarning, stacklevel=2)  # fmt: skip
+                    chunk_total, grad = chunk if chunk is not None else eager_chunk(hi, ti)
+                    total += chunk_total
                     torch.mm(grad, w, out=grad_h[start : start + step])
                     if dtype == torch.float32:
                         grad_w.addmm_(grad.t(), hi)
