@@ -20,8 +20,8 @@ this page is stale.  Run `lmctl COMMAND --help` for the same text in your termin
 
 
 def commands() -> list[list[str]]:
-    from lmctl.plugins.commands import BUILTIN_COMMANDS
     from lmctl.cli.plugins import app as plugins_app
+    from lmctl.plugins.commands import BUILTIN_COMMANDS
 
     out: list[list[str]] = [[]]
     for name in BUILTIN_COMMANDS:

@@ -485,3 +485,45 @@ def test_debug_shows_the_traceback(world, tmp_path):
                           env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
     assert done.returncode == 1
     assert "Traceback" in done.stderr and "LmctlError: model directory not found" in done.stderr
+
+
+WORKER_SCRIPT = """
+import atexit, sys
+from lmctl.cli.endings import run_worker_and_exit
+
+atexit.register(lambda: print("atexit ran", flush=True))
+
+class Teardown:
+    def __del__(self):
+        print("interpreter teardown ran", flush=True)
+
+kept = Teardown()  # a module global: only the interpreter's teardown would delete it
+
+def command():
+    print("command ran")  # left in stdout's buffer: the exit must flush it
+    code = sys.argv[1]
+    sys.exit(int(code) if code.isdigit() else code)
+
+run_worker_and_exit(command)
+"""
+
+
+@pytest.mark.parametrize(("code", "expected"), [("0", 0), ("3", 3), ("bad news", 1)])
+def test_a_launched_worker_keeps_its_exit_code_and_skips_the_interpreter_teardown(code, expected):
+    """Workers end through os._exit after atexit: a gloo thread releasing tensors during the
+    interpreter's teardown aborts a finished run (exit 134).  The exit code, atexit handlers and
+    buffered output survive; the teardown does not run."""
+    proc = subprocess.run([sys.executable, "-c", WORKER_SCRIPT, code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == expected, proc.stderr
+    assert proc.stdout.splitlines() == ["command ran", "atexit ran"]
+    if expected == 1:
+        assert proc.stderr.strip() == "bad news"
+
+
+def test_a_usage_error_in_a_launched_worker_is_still_one_line_and_exit_2(tmp_path):
+    env = {**os.environ, "LOCAL_RANK": "0", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "lmctl", "train", "--train", str(tmp_path / "missing.txt")],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error:") and "missing.txt" in lines[-1] and "Traceback" not in proc.stderr

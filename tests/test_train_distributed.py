@@ -6,6 +6,7 @@ one process with twice the batch, and uninterrupted runs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -53,19 +54,51 @@ def run(*args, cwd):
     return finish(lmctl(*args, cwd=cwd))[0]
 
 
+def process_tree(proc):
+    """A run's processes: lmctl, torch's launcher and the workers (which sit in sessions of their own)."""
+    import psutil
+
+    root = psutil.Process(proc.pid)
+    return [root, *root.children(recursive=True)]
+
+
 def kill_after_checkpoint(procs, out: Path, step: int = 4):
-    """SIGKILL every process group once ``out`` has the checkpoint of ``step`` (the run is then mid-way)."""
+    """SIGKILL every process of every run once ``out`` has the checkpoint of ``step``: each
+    machine dies mid-run, workers included, and nothing gets to save."""
+    import psutil
+
     marker = out / "checkpoints" / f"step-{step}" / "trainer_state.json"
     deadline = time.time() + 600
     while not marker.exists():
         assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs]
         assert time.time() < deadline
         time.sleep(0.005)
-    for proc in procs:
-        os.killpg(proc.pid, signal.SIGKILL)
+    trees = [process_tree(proc) for proc in procs]
+    for process in [p for tree in trees for p in tree]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()  # psutil checks that the pid still names the same process
     for proc in procs:
         proc.wait()
+    _gone, alive = psutil.wait_procs([p for tree in trees for p in tree], timeout=60)
+    assert not alive, alive
     assert not (out / "model.safetensors").exists(), "the run finished before it was killed"
+
+
+def kill_lmctl_alone(proc, out: Path):
+    """SIGKILL the lmctl process only, once step 1 is logged; wait for the rest of its tree to end."""
+    import psutil
+
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 600
+    while not (metrics.exists() and '"train/loss"' in metrics.read_text()):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() < deadline
+        time.sleep(0.005)
+    tree = process_tree(proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _gone, alive = psutil.wait_procs(tree, timeout=90)
+    assert not alive, f"workers outlived a SIGKILL of lmctl: {alive}"
 
 
 def losses(out: Path) -> dict[int, float]:
@@ -132,6 +165,17 @@ def test_fsdp_shards_matches_ddp_resumes_exactly_and_elastically(tmp_path, prepa
     kill_after_checkpoint(procs, killed)
     run(*args, "--batch-size", "4", "--num-processes", "2", "--strategy", "fsdp", "--out", str(killed), "--resume", "auto", cwd=tmp_path)
     assert max_diff(killed, fsdp) < 1e-5
+
+    # SIGKILL of lmctl alone (a user's `kill -9`; the workers are in sessions of their own): the
+    # kernel sends its launcher SIGTERM, the workers save the step they are at and stop; none
+    # trains on.  --resume auto then ends as the uninterrupted run.
+    alone = tmp_path / "lmctl-killed"
+    proc = lmctl(*args, "--batch-size", "4", "--num-processes", "2", "--out", str(alone), cwd=tmp_path)
+    kill_lmctl_alone(proc, alone)
+    assert json.loads((alone / "run.json").read_text())["status"] == "SIGTERM"
+    assert not (alone / "model.safetensors").exists()
+    run(*args, "--batch-size", "4", "--num-processes", "2", "--out", str(alone), "--resume", "auto", cwd=tmp_path)
+    assert max_diff(alone, ddp) < 1e-6
 
     # Elastic: the 2-process checkpoints of step 4 resumed on 1 process (4 x accumulation 2).
     for name, source in (("ddp", ddp), ("fsdp", fsdp)):
@@ -373,6 +417,60 @@ def test_fsdp_fine_tunes_a_pretrained_llama_read_by_process_0_only(tmp_path, pre
     assert sorted(one) == sorted(two) == [1, 2, 3, 4]
     assert max(abs(one[s] - two[s]) for s in one) < 1e-4
     assert max_diff(tmp_path / "ddp", tmp_path / "fsdp") < 1e-4
+
+
+def test_fsdp_with_lora_and_activation_checkpointing_through_the_cli(tmp_path, prepared, tokenizer_for):
+    """``--lora --activation-checkpointing --strategy fsdp`` on 2 processes: the adapter is sharded,
+    the losses are 2-process DDP's, a SIGKILL of both processes then --resume auto ends with the
+    adapter of the uninterrupted run, and the saved adapter loads with AutoPeftModelForCausalLM."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tokenizer_for("causal")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+    ))  # fmt: skip
+    base = tmp_path / "llama"
+    model.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    args = ["--model", str(base), "--train", str(prepared), "--max-steps", str(STEPS), "--block-size", "32", "--batch-size", "4",
+            "--log-every", "1", "--eval-every", "0", "--save-every", "4", "--keep-last", "5", "--lr", "1e-2", "--dropout", "0",
+            "--precision", "fp32", "--quiet", "--lora", "--activation-checkpointing", "--num-processes", "2"]  # fmt: skip
+    ddp, fsdp, killed = tmp_path / "ddp", tmp_path / "fsdp", tmp_path / "killed"
+    run(*args, "--out", str(ddp), cwd=tmp_path)
+    run(*args, "--strategy", "fsdp", "--out", str(fsdp), cwd=tmp_path)
+
+    resolved = json.loads((fsdp / "run.json").read_text())["resolved"]
+    assert resolved["strategy"] == "fsdp" and resolved["world_size"] == 2
+    per_process, whole = resolved["parameter_bytes_per_process"], resolved["parameter_bytes"]
+    assert sum(per_process) == whole and max(per_process) < 0.6 * whole
+    one, two = losses(ddp), losses(fsdp)
+    assert sorted(two) == list(range(1, STEPS + 1)) and max(abs(one[s] - two[s]) for s in one) < 1e-4
+    assert two[STEPS] < two[1]
+
+    def adapter_diff(a: Path, b: Path) -> float:
+        wa, wb = load_file(str(a / "adapter_model.safetensors")), load_file(str(b / "adapter_model.safetensors"))
+        assert set(wa) == set(wb) and wa
+        return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+
+    assert adapter_diff(fsdp, ddp) < 1e-4
+    procs = [lmctl(*args, "--strategy", "fsdp", "--out", str(killed), cwd=tmp_path)]
+    kill_after_checkpoint(procs, killed)
+    assert not (killed / "adapter_model.safetensors").exists(), "the run finished before it was killed"
+    run(*args, "--strategy", "fsdp", "--out", str(killed), "--resume", "auto", cwd=tmp_path)
+    assert adapter_diff(killed, fsdp) < 1e-5
+
+    from peft import AutoPeftModelForCausalLM
+
+    reloaded = AutoPeftModelForCausalLM.from_pretrained(str(fsdp))
+    saved = load_file(str(fsdp / "adapter_model.safetensors"))
+    state = reloaded.state_dict()
+    for name, tensor in saved.items():
+        key = name.replace(".lora_A.weight", ".lora_A.default.weight").replace(".lora_B.weight", ".lora_B.default.weight")
+        assert float((state[key] - tensor).abs().max()) == 0.0, name
 
 
 def test_machines_with_different_data_refuse_to_train(tmp_path, prepared, tokenizer_for):

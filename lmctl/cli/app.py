@@ -152,6 +152,10 @@ def main() -> None:
     add_plugin_commands(app)
     if print_help_directly(args):
         return
+    from lmctl.cli.endings import launched_as_worker, run_worker_and_exit
+
+    if launched_as_worker():
+        run_worker_and_exit(app)
     app()
 
 

@@ -40,6 +40,10 @@ def restore_signal_handlers(previous: dict[int, Any]) -> None:
         signal.signal(sig, handler)
 
 
+# The pid of the lmctl process that started a launcher: the launcher stops when that process dies.
+LAUNCHED_BY_ENV = "LMCTL_LAUNCHED_BY"
+
+
 def launch_processes(config: TrainConfig) -> TrainResult:
     """``--num-processes N`` (and ``--num-machines M``): re-run this training under N processes on
     this machine, M machines in all (torch's elastic launcher on CPU, ``accelerate launch`` where
@@ -86,6 +90,7 @@ def launch_processes(config: TrainConfig) -> TrainResult:
         env["LMCTL_ASKED_WORLD_SIZE"] = str(per_machine * machines)
         env[HELD_ENV] = "1"  # this process holds --out for its workers
         env[ERROR_FILE_ENV] = error_file  # the first failing worker's error line, reported here once
+        env[LAUNCHED_BY_ENV] = str(os.getpid())
         process = subprocess.Popen(command, env=env)
         try:
             returncode = process.wait()
@@ -139,8 +144,10 @@ def quiet_launcher(argv: list[str]) -> int:
     import logging
     import subprocess
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+    stop_with_parent(os.environ.get(LAUNCHED_BY_ENV))
     for name in ("torch.distributed", "torch.distributed.elastic", "torch.distributed.run"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     kind, rest = argv[0], argv[1:]
@@ -159,7 +166,29 @@ def quiet_launcher(argv: list[str]) -> int:
         return 128 - code if code < 0 else code or 1  # killed by a signal: the shell's 128 + N
     except subprocess.CalledProcessError as exc:  # accelerate's single-process launcher
         return exc.returncode or 1
+    except SignalException as exc:  # the launcher has stopped its workers; no traceback
+        return 128 + int(exc.sigval)
     return 0
+
+
+def stop_with_parent(parent_pid: str | None) -> None:
+    """Linux: have the kernel send this launcher SIGTERM when the lmctl process that started it dies,
+    even by SIGKILL.  torch's launcher starts its workers in sessions of their own, so neither a
+    SIGKILL of lmctl nor one of its process group reaches them: without this they would train on,
+    unwatched, into an --out whose lock is then stale.  On SIGTERM the launcher stops its workers
+    (SIGTERM: they finish the step and save a checkpoint; SIGKILL after 30 s).
+
+    The death signal is set here, not in the workers: it fires when the *thread* that started a
+    process ends, and torch's launcher does not promise which thread starts its workers; lmctl
+    starts the launcher from its main thread, which lives until the run ends."""
+    if parent_pid is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if str(os.getppid()) != parent_pid:  # lmctl died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 if __name__ == "__main__":

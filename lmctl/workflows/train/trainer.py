@@ -1071,18 +1071,23 @@ class Trainer:
         self.display.close()
         if self.metrics_file:
             self.metrics_file.close()
-        self.accelerator.end_training()
-        self._close_process_group()
+        self._end_training()
         return result
 
-    def _close_process_group(self) -> None:
-        """Tear the process group down in step: a gloo group left to process exit can abort
-        ("terminate called without an active exception") and fail the whole launch."""
-        import torch.distributed as dist
+    def _end_training(self) -> None:
+        """``Accelerator.end_training`` (trackers finished) without its ``destroy_process_group``,
+        then end together: no process leaves while another may still talk to it.
 
-        if self.world > 1 and dist.is_available() and dist.is_initialized():
+        The process group is left alive: its owner is whoever created it (the launched process, or
+        the caller's own script), and destroying a gloo group while a run-loop thread still
+        releases a finished collective's tensors deadlocks (the destructor joins that thread while
+        holding the GIL the thread waits for; 2 of 27 two-process DDP runs hung at exit).
+        ``lmctl``'s workers end with ``os._exit`` (``lmctl.cli.endings.run_worker_and_exit``), so
+        the group is never torn down at all."""
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
+        if self.world > 1:
             self.accelerator.wait_for_everyone()
-            dist.destroy_process_group()
 
     # ------------------------------------------------------------------ pieces
     def _train_step(self, step: int) -> tuple[Any, Any, dict[str, Any]]:
