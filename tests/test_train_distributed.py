@@ -124,6 +124,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def save_tiny_llama(path: Path, tokenizer) -> Path:
+    """A pretrained-model directory: a 2-layer Llama (rotary buffers, no tied weights) and its tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+    ))  # fmt: skip
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 @pytest.fixture
 def prepared(tmp_path, tokenizer_for):
     return write_prepared(tmp_path / "data", tokenizer_for("causal"), "causal", corpus_text(30_000))
@@ -396,18 +411,7 @@ if world > 1:
 def test_fsdp_fine_tunes_a_pretrained_llama_read_by_process_0_only(tmp_path, prepared, tokenizer_for):
     """Process 1 builds the model on the meta device and receives its shards from process 0; the
     rotary buffers, in no state dict, are rebuilt.  The curve matches DDP, where both read it."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = tokenizer_for("causal")
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
-    ))  # fmt: skip
-    pretrained = tmp_path / "llama"
-    model.save_pretrained(pretrained)
-    tokenizer.save_pretrained(pretrained)
+    pretrained = save_tiny_llama(tmp_path / "llama", tokenizer_for("causal"))
     args = ["--model", str(pretrained), "--train", str(prepared), "--max-steps", "4", "--block-size", "32", "--batch-size", "4",
             "--log-every", "1", "--eval-every", "0", "--lr", "1e-3", "--dropout", "0", "--precision", "fp32", "--quiet",
             "--num-processes", "2"]  # fmt: skip
@@ -423,19 +427,9 @@ def test_fsdp_with_lora_and_activation_checkpointing_through_the_cli(tmp_path, p
     """``--lora --activation-checkpointing --strategy fsdp`` on 2 processes: the adapter is sharded,
     the losses are 2-process DDP's, a SIGKILL of both processes then --resume auto ends with the
     adapter of the uninterrupted run, and the saved adapter loads with AutoPeftModelForCausalLM."""
-    import torch
     from safetensors.torch import load_file
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = tokenizer_for("causal")
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
-    ))  # fmt: skip
-    base = tmp_path / "llama"
-    model.save_pretrained(base)
-    tokenizer.save_pretrained(base)
+    base = save_tiny_llama(tmp_path / "llama", tokenizer_for("causal"))
     args = ["--model", str(base), "--train", str(prepared), "--max-steps", str(STEPS), "--block-size", "32", "--batch-size", "4",
             "--log-every", "1", "--eval-every", "0", "--save-every", "4", "--keep-last", "5", "--lr", "1e-2", "--dropout", "0",
             "--precision", "fp32", "--quiet", "--lora", "--activation-checkpointing", "--num-processes", "2"]  # fmt: skip
