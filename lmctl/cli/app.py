@@ -152,9 +152,10 @@ def main() -> None:
     add_plugin_commands(app)
     if print_help_directly(args):
         return
-    from lmctl.cli.endings import launched_as_worker, run_worker_and_exit
+    from lmctl.cli.endings import run_worker_and_exit
+    from lmctl.core.device import started_by_a_launcher
 
-    if launched_as_worker():
+    if started_by_a_launcher():
         run_worker_and_exit(app)
     app()
 

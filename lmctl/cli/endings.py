@@ -20,11 +20,6 @@ def exit_if_signalled(result: Any, out: str | Path, resume_hint: str = "continue
         raise typer.Exit(130 if result.interrupted == "SIGINT" else 143)
 
 
-def launched_as_worker() -> bool:
-    """True in a process started by torch's launcher (torchrun, ``accelerate launch``, lmctl's own)."""
-    return "LOCAL_RANK" in os.environ
-
-
 def run_worker_and_exit(command: Callable[[], Any]) -> NoReturn:
     """Run ``command`` (the CLI) in a launched worker, then end the process without tearing the
     interpreter down: stdout/stderr flushed and ``atexit`` handlers run, then ``os._exit`` with the

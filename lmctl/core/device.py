@@ -1,10 +1,18 @@
-"""Devices: which one to run on and in which dtype (torch is imported inside the functions)."""
+"""Devices: which one to run on and in which dtype (torch is imported inside the functions); and
+whether this process is one of a launch's workers."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from lmctl.errors import UsageError
+
+
+def started_by_a_launcher() -> bool:
+    """True in a worker of a launch (torchrun, ``accelerate launch``, lmctl's own ``--num-processes``):
+    torch's launcher sets RANK and LOCAL_RANK for each."""
+    return "LOCAL_RANK" in os.environ or "RANK" in os.environ
 
 
 def pick_device(device: str = "auto") -> str:

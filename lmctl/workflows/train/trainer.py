@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from lmctl.core import checkpoint as ckpt
-from lmctl.core.device import available_memory_bytes, host_to_device, peak_memory_bytes
+from lmctl.core.device import available_memory_bytes, host_to_device, peak_memory_bytes, started_by_a_launcher
 from lmctl.core.disk import (
     checkpoint_bytes_estimate,
     free_bytes,
@@ -1702,8 +1702,7 @@ def train(
     # The run owns --out until it ends (see lmctl.core.run_lock); under --num-processes the
     # launching process holds it for its workers, and under --num-machines machine 0's only.
     with run_lock(config.out, command="lmctl train", note=warn, machine_rank=config.machine_rank):
-        launched = "LOCAL_RANK" in os.environ or "RANK" in os.environ
-        if (config.num_processes > 1 or config.num_machines > 1) and not launched:
+        if (config.num_processes > 1 or config.num_machines > 1) and not started_by_a_launcher():
             return launch_processes(config)
         trainer = Trainer(
             config, quiet=quiet, display=display, prepare_progress=None if quiet else prepare_progress,
