@@ -111,6 +111,17 @@ def shared_data(name: str) -> Path:
     return path
 
 
+def newest_checkpoint_step(out: Path) -> int:
+    """The step of ``out``'s newest complete checkpoint, 0 when it has none.
+
+    Tests that act "once step N is saved" must wait for ``>= N``, never for ``step-N`` itself:
+    --keep-last deletes old checkpoints, and a short step is faster than a busy machine's polling
+    (step-3 of a tiny model lives about 60 ms before step-9 replaces it).
+    """
+    steps = [int(p.parent.name.removeprefix("step-")) for p in Path(out, "checkpoints").glob("step-*/trainer_state.json")]
+    return max(steps, default=0)
+
+
 def write_prepared(out: Path, tokenizer, family_name: str, train_text: str, validation_text: str | None = None, block_size: int = 32) -> Path:
     """Write a prepared directory directly (independent of lmctl.workflows.prepare): documents are blank-line
     separated paragraphs, each preceded by the family's separator, as lmctl/prepared.py specifies."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import REPO, corpus_text, write_prepared
+from tests.conftest import REPO, corpus_text, newest_checkpoint_step, write_prepared
 
 runner = CliRunner()
 
@@ -199,7 +199,7 @@ def test_sigkill_then_resume_gives_the_same_adapter(tmp_path, family_setup, requ
     proc = subprocess.Popen([sys.executable, "-m", "lmctl", *args, "--out", str(out)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 300
-    while time.time() < deadline and not (out / "checkpoints" / "step-8" / "trainer_state.json").exists():
+    while time.time() < deadline and newest_checkpoint_step(out) < 8 and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
