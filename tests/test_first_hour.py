@@ -84,12 +84,18 @@ def test_a_wait_over_the_delay_shows_what_it_waits_for_and_only_on_a_terminal():
         def isatty(self) -> bool:
             return True
 
+    def shown(screen, text: str) -> bool:
+        """Wait (up to 30 s: the spinner's thread may be starved on a busy machine) for ``text``."""
+        deadline = time.monotonic() + 30
+        while text not in screen.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return text in screen.getvalue()
+
     screen = Terminal()
     with Waiting("loading gpt2", delay=0.05, stream=screen) as wait:
-        time.sleep(0.4)
+        assert shown(screen, "loading gpt2")
         wait("measuring precision")
-        time.sleep(0.4)
-    assert "loading gpt2" in screen.getvalue() and "measuring precision" in screen.getvalue()
+        assert shown(screen, "measuring precision")
 
     quick = Terminal()
     with Waiting("loading gpt2", delay=5, stream=quick):
