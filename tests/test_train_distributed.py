@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, corpus_text, write_prepared
+from tests.conftest import REPO, corpus_text, newest_checkpoint_step, write_prepared
 
 pytestmark = pytest.mark.multiprocess
 
 STEPS = 12
+ADAPTER = "adapter_model.safetensors"
 
 
 def env():
@@ -63,13 +64,12 @@ def process_tree(proc):
 
 
 def kill_after_checkpoint(procs, out: Path, step: int = 4):
-    """SIGKILL every process of every run once ``out`` has the checkpoint of ``step``: each
+    """SIGKILL every process of every run once ``out`` has a checkpoint at or after ``step``: each
     machine dies mid-run, workers included, and nothing gets to save."""
     import psutil
 
-    marker = out / "checkpoints" / f"step-{step}" / "trainer_state.json"
     deadline = time.time() + 600
-    while not marker.exists():
+    while newest_checkpoint_step(out) < step:
         assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs]
         assert time.time() < deadline
         time.sleep(0.005)
@@ -106,15 +106,16 @@ def losses(out: Path) -> dict[int, float]:
     return {e["step"]: e["train/loss"] for e in lines if "train/loss" in e}
 
 
-def weights(out: Path):
+def weights(out: Path, file: str = "model.safetensors"):
     from safetensors.torch import load_file
 
-    return load_file(str(out / "model.safetensors"))
+    return load_file(str(out / file))
 
 
-def max_diff(a: Path, b: Path) -> float:
-    wa, wb = weights(a), weights(b)
-    assert set(wa) == set(wb)
+def max_diff(a: Path, b: Path, file: str = "model.safetensors") -> float:
+    """The largest difference between two runs' saved tensors (the model, or ``file``: an adapter)."""
+    wa, wb = weights(a, file), weights(b, file)
+    assert set(wa) == set(wb) and wa
     return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
 
 
@@ -427,8 +428,6 @@ def test_fsdp_with_lora_and_activation_checkpointing_through_the_cli(tmp_path, p
     """``--lora --activation-checkpointing --strategy fsdp`` on 2 processes: the adapter is sharded,
     the losses are 2-process DDP's, a SIGKILL of both processes then --resume auto ends with the
     adapter of the uninterrupted run, and the saved adapter loads with AutoPeftModelForCausalLM."""
-    from safetensors.torch import load_file
-
     base = save_tiny_llama(tmp_path / "llama", tokenizer_for("causal"))
     args = ["--model", str(base), "--train", str(prepared), "--max-steps", str(STEPS), "--block-size", "32", "--batch-size", "4",
             "--log-every", "1", "--eval-every", "0", "--save-every", "4", "--keep-last", "5", "--lr", "1e-2", "--dropout", "0",
@@ -445,22 +444,17 @@ def test_fsdp_with_lora_and_activation_checkpointing_through_the_cli(tmp_path, p
     assert sorted(two) == list(range(1, STEPS + 1)) and max(abs(one[s] - two[s]) for s in one) < 1e-4
     assert two[STEPS] < two[1]
 
-    def adapter_diff(a: Path, b: Path) -> float:
-        wa, wb = load_file(str(a / "adapter_model.safetensors")), load_file(str(b / "adapter_model.safetensors"))
-        assert set(wa) == set(wb) and wa
-        return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
-
-    assert adapter_diff(fsdp, ddp) < 1e-4
+    assert max_diff(fsdp, ddp, ADAPTER) < 1e-4
     procs = [lmctl(*args, "--strategy", "fsdp", "--out", str(killed), cwd=tmp_path)]
     kill_after_checkpoint(procs, killed)
     assert not (killed / "adapter_model.safetensors").exists(), "the run finished before it was killed"
     run(*args, "--strategy", "fsdp", "--out", str(killed), "--resume", "auto", cwd=tmp_path)
-    assert adapter_diff(killed, fsdp) < 1e-5
+    assert max_diff(killed, fsdp, ADAPTER) < 1e-5
 
     from peft import AutoPeftModelForCausalLM
 
     reloaded = AutoPeftModelForCausalLM.from_pretrained(str(fsdp))
-    saved = load_file(str(fsdp / "adapter_model.safetensors"))
+    saved = weights(fsdp, ADAPTER)
     state = reloaded.state_dict()
     for name, tensor in saved.items():
         key = name.replace(".lora_A.weight", ".lora_A.default.weight").replace(".lora_B.weight", ".lora_B.default.weight")

@@ -152,10 +152,11 @@ def main() -> None:
     add_plugin_commands(app)
     if print_help_directly(args):
         return
-    from lmctl.cli.endings import run_worker_and_exit
     from lmctl.core.device import started_by_a_launcher
 
     if started_by_a_launcher():
+        from lmctl.cli.endings import run_worker_and_exit
+
         run_worker_and_exit(app)
     app()
 
